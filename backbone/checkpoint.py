@@ -1,0 +1,160 @@
+"""Reading pre-trained ViT checkpoints of every supported release format, safely.
+
+One place for checkpoint adaptation (as timm does it): read the file with `weights_only=True` or
+safetensors, recognise its format, unwrap it, strip prefixes, and hand back a flat encoder state dict.
+Fitting that state dict to a model lives in `checkpoint_load.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+OURS_TAG = "droppos-bench"
+FORMATS = ("droppos", "mae", "timm", "mocov3", "ours", "state_dict")
+FORMAT_HELP = {
+    "droppos": "authors' DropPos release: {'state_dict': DDP state dict with 'module.' prefixes, 'model': arch name}",
+    "mae": "MAE / DeiT release: {'model': state dict}",
+    "timm": "flat state dict (timm, .pth or .safetensors)",
+    "mocov3": "MoCo v3 release: {'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*', ...}}",
+    "ours": "droppos-bench .safetensors with json metadata",
+    "state_dict": "any other {'state_dict': ...} wrapper (mmengine runs, DDP)",
+}
+# Pre-training-only parts and classification heads, dropped on request before loading an encoder.
+DECODER_KEYS = ("decoder", "mask_token", "mask_pos_token")
+HEAD_KEYS = ("head", "fc_norm")
+# Plain records that MAE / DeiT training scripts store beside the weights; safe to rebuild.
+SAFE_EXTRA_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit; the message names the file, key and what was expected."""
+
+
+@dataclass
+class Checkpoint:
+    """An encoder state dict as read from `path`, with prefixes stripped; `meta` holds our own metadata."""
+
+    path: str
+    format: str
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_file_safely(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[Any, dict[str, str]]:
+    """Load a .safetensors or torch file; returns (object, safetensors header metadata or {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({err}); it may be truncated") from err
+    try:
+        if allow_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False), {}
+        with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True), {}
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err) and "Weights only" not in str(err):
+            raise CheckpointError(f"{path}: cannot unpickle ({err}); the file may be truncated") from err
+        names = _unsafe_globals(path)
+        raise CheckpointError(
+            f"{path}: refusing to load: it needs Python objects beyond tensors and plain containers "
+            f"({names}). Loading it would run code from the file. If you trust its source, pass "
+            f"--allow-pickle (Python: allow_pickle=True)."
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: cannot read as a PyTorch checkpoint ({type(err).__name__}: {err}); "
+            "the file may be truncated or not a checkpoint"
+        ) from err
+
+
+def _unsafe_globals(path: Path) -> str:
+    try:
+        return ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown globals"
+    except Exception:  # the file is already known to be unloadable; the names are only a hint
+        return "unknown globals"
+
+
+def detect_format(obj: Any, file_meta: dict[str, str]) -> str:
+    """Name of the release format of a loaded checkpoint object (see FORMAT_HELP)."""
+    if file_meta.get("format") == OURS_TAG:
+        return "ours"
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, expected a dict")
+    state = obj.get("state_dict")
+    if isinstance(state, dict):
+        if any(k.startswith(("module.base_encoder.", "base_encoder.")) for k in state):
+            return "mocov3"
+        if isinstance(obj.get("model"), str) or any(k.endswith("mask_pos_token") for k in state):
+            return "droppos"
+        return "state_dict"
+    if isinstance(obj.get("model"), dict):
+        return "mae"
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return "timm"
+    summary = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:8])
+    known = "\n".join(f"  {name}: {text}" for name, text in FORMAT_HELP.items())
+    raise CheckpointError(f"unknown checkpoint format (top-level keys {{{summary}}}); supported:\n{known}")
+
+
+def _unwrap(obj: Any, fmt: str) -> dict[str, Any]:
+    wrapper = {"mae": "model", "droppos": "state_dict", "mocov3": "state_dict", "state_dict": "state_dict"}.get(fmt)
+    if wrapper is None:
+        return obj
+    if not isinstance(obj, dict) or not isinstance(obj.get(wrapper), dict):
+        raise CheckpointError(f"format {fmt!r} expects a dict with a state dict under {wrapper!r}")
+    return obj[wrapper]
+
+
+def strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Keep only keys under `prefix` (all keys when empty), without it."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def read_checkpoint(
+    path: str | os.PathLike, fmt: str = "auto", prefix: str | None = None, allow_pickle: bool = False
+) -> Checkpoint:
+    """Read any supported checkpoint into a flat encoder state dict.
+
+    DDP's 'module.' prefix is always stripped; `prefix` then selects a sub-module (default: the format's
+    encoder, e.g. 'base_encoder.' for MoCo v3).
+    """
+    if fmt != "auto" and fmt not in FORMATS:
+        raise CheckpointError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
+    obj, file_meta = load_file_safely(path, allow_pickle)
+    try:
+        fmt = detect_format(obj, file_meta) if fmt == "auto" else fmt
+        state = _unwrap(obj, fmt)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    while state and all(k.startswith("module.") for k in state):
+        state = strip_prefix(state, "module.")
+    prefix = ("base_encoder." if fmt == "mocov3" else "") if prefix is None else prefix
+    state = {k: v for k, v in strip_prefix(state, prefix).items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{path}: no tensors found under prefix {prefix!r} (format {fmt!r})")
+    meta = json.loads(file_meta.get("meta", "{}")) if fmt == "ours" else {}
+    return Checkpoint(str(path), fmt, state, meta)
+
+
+def split_pretraining_keys(
+    state: dict[str, torch.Tensor], drop_decoder: bool = True, drop_head: bool = True
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove decoder / mask-token keys and classification-head keys on request; returns (kept, dropped)."""
+    prefixes = (DECODER_KEYS if drop_decoder else ()) + (HEAD_KEYS if drop_head else ())
+    dropped = [k for k in state if k.split(".")[0].startswith(prefixes)]
+    return {k: v for k, v in state.items() if k not in dropped}, dropped

@@ -1,0 +1,194 @@
+"""Fitting a read checkpoint to our ViT: pos-embed resampling, shape checks and a readable load report."""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import Checkpoint, CheckpointError, read_checkpoint, split_pretraining_keys
+from .pos_embed import Grid, resample_pos_embed
+from .vit import VIT_SIZES, VisionTransformer
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint was loaded into a model, key by key."""
+
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.source} (format {self.format})"]
+        lines += [f"  note: {note}" for note in self.notes]
+        for title, names in (("loaded", self.loaded), ("missing", self.missing),
+                             ("unexpected", self.unexpected), ("dropped on request", self.dropped)):
+            lines.append(f"  {title} ({len(names)}): {compact_key_list(names) or '-'}")
+        return "\n".join(lines)
+
+
+def compact_key_list(names: Iterable[str]) -> str:
+    """Keys with block numbers folded: 'blocks.*.attn.qkv.weight x12' instead of twelve lines."""
+    counts = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in names)
+    return ", ".join(f"{key} x{n}" if n > 1 else key for key, n in counts.items())
+
+
+def size_name(width: int) -> str | None:
+    """Named ViT size of a width, if any (used for readable mismatch errors)."""
+    return next((name for name, dims in VIT_SIZES.items() if dims["embed_dim"] == width), None)
+
+
+def pos_embed_layout(length: int, has_cls_token: bool) -> tuple[int, Grid]:
+    """(prefix slots, square grid) of a pos-embed table of `length` entries; a [CLS] slot is tried first
+    when the checkpoint has a [CLS] token, two prefix slots (DeiT's distillation token) last."""
+    for prefix in ((1, 0) if has_cls_token else (0, 1)) + (2,):
+        side = math.isqrt(length - prefix)
+        if side * side == length - prefix:
+            return prefix, (side, side)
+    raise CheckpointError(f"pos_embed of length {length} is not a square grid plus at most two prefix slots")
+
+
+def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -> dict[str, Any]:
+    """Constructor arguments of the ViT encoder that `state` belongs to (heads from the width if not given)."""
+    try:
+        proj = state["patch_embed.proj.weight"]
+        width, in_chans, patch, _ = proj.shape
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / width
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"not a ViT encoder state dict: missing {err}") from None
+    if num_heads is None:
+        name = size_name(width)
+        if name is None:
+            raise CheckpointError(f"width {width} matches no named ViT size; give the number of heads")
+        num_heads = VIT_SIZES[name]["num_heads"]
+    class_token = "cls_token" in state
+    config: dict[str, Any] = dict(
+        patch_size=patch, in_chans=in_chans, embed_dim=width, depth=depth, num_heads=num_heads,
+        mlp_ratio=mlp_ratio, qkv_bias="blocks.0.attn.qkv.bias" in state, class_token=class_token,
+        global_pool="avg" if "fc_norm.weight" in state or not class_token else "token",
+    )
+    if "pos_embed" in state:
+        _, grid = pos_embed_layout(state["pos_embed"].shape[1], class_token)
+        config["img_size"] = [grid[0] * patch, grid[1] * patch]
+    if "head.weight" in state and state["head.weight"].ndim == 2:
+        config["num_classes"] = state["head.weight"].shape[0]
+    return config
+
+
+def _resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear interpolation of a relative-position table to `length` rows (as ViTDet does on the fly)."""
+    resized = F.interpolate(table.t().unsqueeze(0).float(), size=length, mode="linear")
+    return resized.squeeze(0).t().to(table.dtype)
+
+
+def adapt_state_dict(
+    state: dict[str, torch.Tensor], model: VisionTransformer, src_grid: Grid | None = None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Resample pos embed and relative-position tables to `model`; refuse any other shape mismatch."""
+    target = model.state_dict()
+    adapted, notes, mismatches = dict(state), [], []
+    for key, value in state.items():
+        if key not in target or value.shape == target[key].shape:
+            continue
+        want = target[key].shape
+        if key == "pos_embed" and value.shape[-1] == want[-1]:
+            prefix, grid = pos_embed_layout(value.shape[1], "cls_token" in state)
+            grid = src_grid or grid
+            adapted[key] = resample_pos_embed(value, model.grid_size, prefix, model.num_prefix_tokens, grid)
+            notes.append(f"pos_embed resampled from {grid[0]}x{grid[1]} (+{prefix} prefix) to "
+                         f"{model.grid_size[0]}x{model.grid_size[1]} (+{model.num_prefix_tokens} prefix)")
+        elif key.endswith(("rel_pos_h", "rel_pos_w")) and value.shape[1] == want[1]:
+            adapted[key] = _resize_rel_pos(value, want[0])
+            notes.append(f"{key} interpolated from {value.shape[0]} to {want[0]} rows")
+        else:
+            mismatches.append((key, tuple(value.shape), tuple(want)))
+    if mismatches:
+        raise CheckpointError(_mismatch_message(mismatches, state, model))
+    return adapted, notes
+
+
+def _mismatch_message(mismatches: list[tuple[str, tuple, tuple]], state: dict, model: VisionTransformer) -> str:
+    lines = [f"  {key}: checkpoint {src} vs model {dst}" for key, src, dst in mismatches[:10]]
+    if len(mismatches) > 10:
+        lines.append(f"  ... and {len(mismatches) - 10} more")
+    message = "checkpoint does not match the model architecture:\n" + "\n".join(lines)
+    proj = state.get("patch_embed.proj.weight")
+    if proj is not None and proj.shape[0] != model.embed_dim:
+        src, dst = proj.shape[0], model.embed_dim
+        message += (f"\n  width {src} ({size_name(src) or 'custom'}) vs model width {dst} "
+                    f"({size_name(dst) or 'custom'}): build the model with the checkpoint's size")
+    return message
+
+
+def load_pretrained(
+    model: VisionTransformer,
+    source: str | os.PathLike | Checkpoint,
+    fmt: str = "auto",
+    prefix: str | None = None,
+    drop_decoder: bool = True,
+    drop_head: bool = True,
+    allow_pickle: bool = False,
+    allowed_missing: Iterable[str] | None = None,
+) -> LoadReport:
+    """Load a checkpoint of any supported format into `model` and report every key.
+
+    `allowed_missing` (key prefixes) turns missing keys outside it into an error, e.g. ('head', 'fc_norm')
+    when fine-tuning a pre-trained encoder.
+    """
+    ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, fmt, prefix, allow_pickle)
+    state, dropped = split_pretraining_keys(ckpt.state, drop_decoder, drop_head)
+    src_grid = None
+    if ckpt.format == "ours" and "img_size" in ckpt.meta.get("vit_config", {}):
+        config = ckpt.meta["vit_config"]
+        src_grid = tuple(s // config["patch_size"] for s in config["img_size"])
+    try:
+        state, notes = adapt_state_dict(state, model, src_grid)
+    except CheckpointError as err:
+        raise CheckpointError(f"{ckpt.path}: {err}") from None
+    result = model.load_state_dict(state, strict=False)
+    report = LoadReport(
+        ckpt.path, ckpt.format, loaded=[k for k in state if k not in result.unexpected_keys],
+        missing=list(result.missing_keys), unexpected=list(result.unexpected_keys), dropped=dropped, notes=notes,
+    )
+    if allowed_missing is not None:
+        bad = [k for k in report.missing if not k.split(".")[0].startswith(tuple(allowed_missing))]
+        if bad:
+            raise CheckpointError(f"{ckpt.path}: keys missing from the checkpoint: {', '.join(bad)} "
+                                  f"(only {', '.join(allowed_missing)} may be missing)")
+    return report
+
+
+def load_model(
+    source: str | os.PathLike,
+    fmt: str = "auto",
+    prefix: str | None = None,
+    allow_pickle: bool = False,
+    keep_decoder: bool = False,
+    keep_head: bool = False,
+    **overrides: Any,
+) -> tuple[VisionTransformer, LoadReport]:
+    """Build the ViT a checkpoint describes (our metadata, or inferred from shapes) and load it.
+
+    `overrides` change the architecture, e.g. img_size=384 resamples the pos embed on load.
+    """
+    ckpt = read_checkpoint(source, fmt, prefix, allow_pickle)
+    state, _ = split_pretraining_keys(ckpt.state, not keep_decoder, not keep_head)
+    config = dict(ckpt.meta.get("vit_config") or infer_vit_config(state, overrides.get("num_heads")))
+    if not keep_head:
+        config["num_classes"] = 0
+    config.update(overrides)
+    model = VisionTransformer(**config)
+    return model, load_pretrained(model, ckpt, drop_decoder=not keep_decoder, drop_head=not keep_head)
+

@@ -1,0 +1,272 @@
+"""The one Vision Transformer shared by pre-training, classification, detection and segmentation.
+
+Built from timm layers with timm/MAE parameter names, so MAE, DropPos, MoCo v3 and timm weights load by
+key. ViTDet's window attention and decomposed relative position bias are options of the same blocks.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias, window_partition, window_unpartition
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .pos_embed import Grid, resample_pos_embed, sincos_2d_pos_embed
+
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+POS_EMBED_INITS = ("sincos", "random")
+GLOBAL_POOLS = ("token", "avg")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through SDPA, with ViTDet's decomposed relative position bias as an option."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rel_pos_grid: Grid | None = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_pos_h = self.rel_pos_w = None
+        if rel_pos_grid is not None:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_grid[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_grid[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """x: (B, L, C); `grid` is the (H, W) layout of the L tokens, used only by the relative bias."""
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = None
+        if self.rel_pos_h is not None:
+            flat_q = q.reshape(batch * self.num_heads, length, -1)
+            bias = get_decomposed_rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid, grid)
+            bias = bias.reshape(batch, self.num_heads, length, length)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; with `window_size` > 0 it attends within non-overlapping windows."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        window_size: int = 0,
+        rel_pos_grid: Grid | None = None,
+    ):
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, rel_pos_grid)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        y = self.norm1(x)
+        if self.window_size:
+            batch, length, dim = y.shape
+            size = self.window_size
+            windows, padded = window_partition(y.view(batch, grid[0], grid[1], dim), size)
+            windows = self.attn(windows.view(-1, size * size, dim), (size, size))
+            y = window_unpartition(windows.view(-1, size, size, dim), size, grid, padded).view(batch, length, dim)
+        else:
+            y = self.attn(y, grid)
+        x = x + self.drop_path1(y)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT with [CLS] / average pooling, intermediate (B, C, H, W) feature maps and ViTDet options.
+
+    Constructor arguments are recorded in `self.config` so a checkpoint can rebuild the same model.
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        pos_embed: str = "sincos",
+        pos_embed_trainable: bool = False,
+        class_token: bool = True,
+        global_pool: str = "token",
+        num_classes: int = 0,
+        drop_path_rate: float = 0.0,
+        norm_eps: float = 1e-6,
+        window_size: int = 0,
+        global_blocks: Sequence[int] = (),
+        use_rel_pos: bool = False,
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        _check_options(img_size, patch_size, depth, pos_embed, class_token, global_pool, window_size,
+                       global_blocks, use_rel_pos)
+        self.config: dict[str, Any] = dict(
+            img_size=list(img_size), patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, pos_embed=pos_embed,
+            pos_embed_trainable=pos_embed_trainable, class_token=class_token, global_pool=global_pool,
+            num_classes=num_classes, drop_path_rate=drop_path_rate, norm_eps=norm_eps, window_size=window_size,
+            global_blocks=sorted(global_blocks), use_rel_pos=use_rel_pos, grad_checkpointing=grad_checkpointing,
+        )
+        self.embed_dim = embed_dim
+        self.num_layers = depth
+        self.grad_checkpointing = grad_checkpointing
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, output_fmt="NHWC",
+                                      strict_img_size=False)
+        self.grid_size: Grid = tuple(self.patch_embed.grid_size)
+        self.num_prefix_tokens = int(class_token)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], embed_dim),
+            requires_grad=pos_embed_trainable,
+        )
+        drop_rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        self.blocks = nn.ModuleList()
+        for i in range(depth):
+            window = window_size if window_size and i not in global_blocks else 0
+            rel_grid = ((window, window) if window else self.grid_size) if use_rel_pos else None
+            self.blocks.append(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rates[i], norm_eps, window,
+                                     rel_grid))
+        use_fc_norm = global_pool == "avg"
+        self.global_pool = global_pool
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
+        self._init_weights(pos_embed)
+
+    def _init_weights(self, pos_embed: str) -> None:
+        """MAE's initialisation: xavier linears, fixed sin-cos table, head trunc-normal with std 2e-5."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        proj = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+        with torch.no_grad():
+            if pos_embed == "sincos":
+                self.pos_embed.copy_(sincos_2d_pos_embed(self.embed_dim, self.grid_size, self.num_prefix_tokens))
+            else:
+                trunc_normal_(self.pos_embed, std=0.02)
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=2e-5)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward to trade compute for memory (timm's API name)."""
+        self.grad_checkpointing = enable
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        """Patch tokens plus position embeddings, [CLS] first; the table is resampled for other input sizes."""
+        x = self.patch_embed(images)
+        batch, height, width, dim = x.shape
+        pos = self.pos_embed
+        if (height, width) != self.grid_size:
+            pos = resample_pos_embed(pos, (height, width), self.num_prefix_tokens, old_grid=self.grid_size)
+        x = x.reshape(batch, height * width, dim) + pos[:, self.num_prefix_tokens:]
+        if self.cls_token is not None:
+            x = torch.cat([(self.cls_token + pos[:, :1]).expand(batch, -1, -1), x], dim=1)
+        return x, (height, width)
+
+    def run_blocks(
+        self, x: torch.Tensor, grid: Grid, keep: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Apply every block; also return the outputs of the blocks listed in `keep`, in that order."""
+        kept: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks):
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, grid, use_reentrant=False)
+            else:
+                x = block(x, grid)
+            if i in keep:
+                kept[i] = x
+        return x, [kept[i] for i in keep]
+
+    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """All output tokens (B, prefix + H*W, D) after the final norm."""
+        x, grid = self.embed(images)
+        return self.norm(self.run_blocks(x, grid)[0])
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[CLS] token, or fc_norm of the mean patch token (MAE fine-tuning's global pool)."""
+        if self.global_pool == "avg":
+            return self.fc_norm(tokens[:, self.num_prefix_tokens:].mean(dim=1))
+        return tokens[:, 0]
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled image feature (B, D)."""
+        return self.pool(self.forward_tokens(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits, or the pooled feature when the model has no head."""
+        return self.head(self.forward_features(images))
+
+    def forward_feature_maps(self, images: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Outputs of blocks `indices` (negative counts from the end) as (B, D, H, W) maps, before the final norm."""
+        blocks = [self._block_index(i) for i in indices]
+        x, grid = self.embed(images)
+        _, kept = self.run_blocks(x, grid, blocks)
+        batch = images.shape[0]
+        return [
+            t[:, self.num_prefix_tokens:].transpose(1, 2).reshape(batch, self.embed_dim, *grid) for t in kept
+        ]
+
+    def _block_index(self, index: int) -> int:
+        if not -self.num_layers <= index < self.num_layers:
+            raise IndexError(f"block index {index} out of range for a {self.num_layers}-block ViT")
+        return index % self.num_layers
+
+
+def _check_options(
+    img_size: tuple[int, ...], patch_size: int, depth: int, pos_embed: str, class_token: bool, global_pool: str,
+    window_size: int, global_blocks: Sequence[int], use_rel_pos: bool,
+) -> None:
+    if len(img_size) != 2 or any(s % patch_size for s in img_size):
+        raise ValueError(f"img_size {img_size} must be two multiples of patch_size {patch_size}")
+    if pos_embed not in POS_EMBED_INITS:
+        raise ValueError(f"pos_embed={pos_embed!r}; expected one of {POS_EMBED_INITS}")
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool={global_pool!r}; expected one of {GLOBAL_POOLS}")
+    if global_pool == "token" and not class_token:
+        raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
+    if (window_size or use_rel_pos) and class_token:
+        raise ValueError("window attention and relative position bias work on the patch grid only: "
+                         "set class_token=False (as ViTDet does)")
+    bad = [b for b in global_blocks if not 0 <= b < depth]
+    if bad:
+        raise ValueError(f"global_blocks {bad} out of range for depth {depth}")
+
+
+def build_vit(size: str = "base", **kwargs: Any) -> VisionTransformer:
+    """ViT of a named size ('tiny', 'small', 'base', 'large'); keyword arguments override the defaults."""
+    if size not in VIT_SIZES:
+        raise ValueError(f"unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
+    return VisionTransformer(**{**VIT_SIZES[size], **kwargs})

@@ -1,0 +1,261 @@
+"""Every supported checkpoint format round-trips into our ViT; every bad input gets a clear error."""
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from backbone import CheckpointError, build_vit, export_checkpoint, load_model, load_pretrained, read_checkpoint
+from backbone.checkpoint_export import to_detectron2_vitdet, to_mmseg_mae
+
+TINY = dict(depth=2, img_size=224, patch_size=16)  # ViT-Tiny width, 2 blocks: real 224/16 key shapes
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    model = build_vit("tiny", **TINY, pos_embed_trainable=True).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # nothing left at its init value
+    return model
+
+
+def encoder_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def droppos_decoder(width=192, patches=196):
+    return {
+        "mask_pos_token": torch.randn(1, 1, width),
+        "decoder_embed.weight": torch.randn(512, width), "decoder_embed.bias": torch.randn(512),
+        "decoder_blocks.0.norm1.weight": torch.randn(512), "decoder_blocks.0.attn.qkv.weight": torch.randn(1536, 512),
+        "decoder_norm.weight": torch.randn(512), "decoder_norm.bias": torch.randn(512),
+        "decoder_pred.weight": torch.randn(patches, 512), "decoder_pred.bias": torch.randn(patches),
+    }
+
+
+def write_droppos(model, path):
+    """The authors' release layout: DDP state dict under 'state_dict', arch name string under 'model'."""
+    state = {**encoder_state(model), **droppos_decoder()}
+    assert state["pos_embed"].shape == (1, 197, 192)
+    torch.save({"epoch": 200, "state_dict": {"module." + k: v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+                "model": "DropPos_mae_vit_base_patch16_dec512d2b"}, path)
+
+
+def write_mae(model, path):
+    torch.save({"model": encoder_state(model)}, path)
+
+
+def write_timm(model, path):
+    torch.save(encoder_state(model), path)
+
+
+def write_timm_safetensors(model, path):
+    save_file(encoder_state(model), str(path))
+
+
+def write_mocov3(model, path):
+    state = encoder_state(model)
+    wrapped = {f"module.base_encoder.{k}": v for k, v in state.items()}
+    wrapped |= {f"module.momentum_encoder.{k}": v + 1 for k, v in state.items()}
+    wrapped |= {"module.base_encoder.head.0.weight": torch.randn(4096, 192), "module.predictor.0.weight": torch.randn(8, 8)}
+    torch.save({"epoch": 300, "arch": "vit_base", "state_dict": wrapped, "optimizer": {}}, path)
+
+
+def write_ours(model, path):
+    export_checkpoint(model, path, "ours", meta={"source": "test"})
+
+
+WRITERS = {
+    "droppos": (write_droppos, "ckpt.pth"), "mae": (write_mae, "mae.pth"), "timm": (write_timm, "timm.pth"),
+    "timm-safetensors": (write_timm_safetensors, "timm.safetensors"), "mocov3": (write_mocov3, "moco.pth.tar"),
+    "ours": (write_ours, "ours.safetensors"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_round_trip_every_format(tmp_path, encoder, name):
+    writer, filename = WRITERS[name]
+    path = tmp_path / filename
+    writer(encoder, path)
+    model, report = load_model(path)
+    assert report.format == name.split("-")[0]
+    assert not report.missing and not report.unexpected, str(report)
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    x = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(model.eval().forward_features(x), encoder.forward_features(x))
+
+
+def test_droppos_file_reports_dropped_decoder_and_can_keep_it(tmp_path, encoder):
+    path = tmp_path / "droppos.pth"
+    write_droppos(encoder, path)
+    _, report = load_model(path)
+    assert set(report.dropped) == set(droppos_decoder())
+    assert "decoder_pred.weight" in str(report) and "blocks.*.attn.qkv.weight x2" in str(report)
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "droppos" and "mask_pos_token" in ckpt.state
+    assert not any(k.startswith("module.") for k in ckpt.state)
+
+
+def test_mocov3_keeps_only_base_encoder_and_drops_projector(tmp_path, encoder):
+    path = tmp_path / "moco.pth.tar"
+    write_mocov3(encoder, path)
+    ckpt = read_checkpoint(path)
+    assert not any(k.startswith(("momentum_encoder", "predictor")) for k in ckpt.state)
+    model, report = load_model(path)
+    assert report.dropped == ["head.0.weight"]
+    assert torch.equal(model.blocks[0].attn.qkv.weight, encoder.blocks[0].attn.qkv.weight)
+
+
+def test_pos_embed_resampled_to_target_grid(tmp_path, encoder):
+    path = tmp_path / "mae.pth"
+    write_mae(encoder, path)
+    model, report = load_model(path, img_size=320)
+    assert model.pos_embed.shape == (1, 1 + 400, 192)
+    assert torch.equal(model.pos_embed[:, 0], encoder.pos_embed[:, 0])
+    assert any("14x14" in note and "20x20" in note for note in report.notes)
+    vitdet_like = build_vit("tiny", depth=2, img_size=256, class_token=False, global_pool="avg", window_size=4,
+                            use_rel_pos=True)
+    report = load_pretrained(vitdet_like, path)
+    assert vitdet_like.pos_embed.shape == (1, 256, 192)
+    assert report.unexpected == ["cls_token", "norm.weight", "norm.bias"]
+    assert sorted(report.missing) == ["blocks.0.attn.rel_pos_h", "blocks.0.attn.rel_pos_w", "blocks.1.attn.rel_pos_h",
+                                      "blocks.1.attn.rel_pos_w", "fc_norm.bias", "fc_norm.weight"]
+
+
+def test_allowed_missing_policy(tmp_path, encoder):
+    path = tmp_path / "mae.pth"
+    write_mae(encoder, path)
+    classifier = build_vit("tiny", **TINY, num_classes=10, global_pool="avg")
+    report = load_pretrained(classifier, path, allowed_missing=("head", "fc_norm"))
+    assert sorted(report.missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    state = encoder_state(encoder)
+    del state["blocks.1.mlp.fc1.weight"]
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.mlp\.fc1\.weight"):
+        load_pretrained(classifier, path, allowed_missing=("head", "fc_norm"))
+
+
+def test_wrong_width_names_key_and_sizes(tmp_path, encoder):
+    path = tmp_path / "tiny.pth"
+    write_timm(encoder, path)
+    small = build_vit("small", **TINY)
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(small, path)
+    message = str(err.value)
+    assert str(path) in message and "patch_embed.proj.weight" in message
+    assert "width 192 (tiny) vs model width 384 (small)" in message
+
+
+def test_truncated_files_are_refused(tmp_path, encoder):
+    for writer, filename in (WRITERS["mae"], WRITERS["ours"]):
+        path = tmp_path / filename
+        writer(encoder, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(CheckpointError, match="truncated") as err:
+            read_checkpoint(path)
+        assert str(path) in str(err.value)
+
+
+def test_unknown_format_lists_supported_forms(tmp_path):
+    path = tmp_path / "odd.pth"
+    torch.save({"weights": {"nested": 1}, "epoch": 3}, path)
+    with pytest.raises(CheckpointError, match="unknown checkpoint format") as err:
+        read_checkpoint(path)
+    assert "'weights': dict" in str(err.value) and "mocov3" in str(err.value)
+    with pytest.raises(CheckpointError, match="'model'"):
+        read_checkpoint(path, fmt="mae")
+    with pytest.raises(CheckpointError, match="unknown format"):
+        read_checkpoint(path, fmt="caffe")
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_pickle_with_code_is_refused_with_flag_name(tmp_path, encoder):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": encoder_state(encoder), "extra": RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="--allow-pickle") as err:
+        read_checkpoint(path)
+    assert "system" in str(err.value)
+
+
+def test_allow_pickle_loads_trusted_objects(tmp_path, encoder):
+    path = tmp_path / "trusted.pth"
+    torch.save({"model": encoder_state(encoder), "extra": {1, 2}, "meta": Marker()}, path)
+    with pytest.raises(CheckpointError, match="--allow-pickle"):
+        read_checkpoint(path)
+    assert read_checkpoint(path, allow_pickle=True).format == "mae"
+
+
+class Marker:
+    pass
+
+
+def test_mae_training_args_namespace_is_accepted(tmp_path, encoder):
+    import argparse
+
+    path = tmp_path / "mae_with_args.pth"
+    torch.save({"model": encoder_state(encoder), "args": argparse.Namespace(lr=1e-3, model="vit_base"), "epoch": 1}, path)
+    assert read_checkpoint(path).format == "mae"
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        read_checkpoint(tmp_path / "nope.pth")
+
+
+def test_our_format_records_architecture(tmp_path):
+    model = build_vit("tiny", depth=1, img_size=(64, 96), patch_size=16, pos_embed="random", pos_embed_trainable=True)
+    path = export_checkpoint(model, tmp_path / "m.safetensors", meta={"epochs": 3})
+    ckpt = read_checkpoint(path)
+    assert ckpt.meta["vit_config"]["img_size"] == [64, 96] and ckpt.meta["epochs"] == 3
+    rebuilt, report = load_model(path)
+    assert rebuilt.grid_size == (4, 6) and not report.missing
+    with pytest.raises(ValueError, match="safetensors"):
+        export_checkpoint(model, tmp_path / "m.pth", "ours")
+
+
+def test_export_is_atomic_on_failure(tmp_path, encoder, monkeypatch):
+    path = tmp_path / "keep.safetensors"
+    export_checkpoint(encoder, path)
+    before = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("backbone.checkpoint_export.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_checkpoint(encoder, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.safetensors"]
+
+
+def test_detectron2_layout(tmp_path, encoder):
+    path = export_checkpoint(encoder, tmp_path / "vitdet.pth", "detectron2")
+    model = torch.load(path, weights_only=True)["model"]
+    assert all(k.startswith("backbone.net.") for k in model)
+    assert "backbone.net.cls_token" not in model and "backbone.net.norm.weight" not in model
+    assert model["backbone.net.pos_embed"].shape == (1, 197, 192)
+    assert torch.equal(model["backbone.net.blocks.1.attn.qkv.weight"], encoder.blocks[1].attn.qkv.weight)
+    no_cls = to_detectron2_vitdet({"pos_embed": torch.ones(1, 196, 8)})["model"]["backbone.net.pos_embed"]
+    assert no_cls.shape == (1, 197, 8) and torch.equal(no_cls[0, 0], torch.zeros(8))
+
+
+def test_mmseg_layout(tmp_path, encoder):
+    path = export_checkpoint(encoder, tmp_path / "mmseg.pth", "mmseg")
+    state = torch.load(path, weights_only=True)
+    expected_block = {"ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                      "attn.proj.bias", "ln2.weight", "ln2.bias", "ffn.layers.0.0.weight", "ffn.layers.0.0.bias",
+                      "ffn.layers.1.weight", "ffn.layers.1.bias"}
+    assert {k[len("layers.0."):] for k in state if k.startswith("layers.0.")} == expected_block
+    assert {k for k in state if not k.startswith("layers.")} == {
+        "cls_token", "pos_embed", "patch_embed.projection.weight", "patch_embed.projection.bias"}
+    assert torch.equal(state["layers.1.ffn.layers.1.weight"], encoder.blocks[1].mlp.fc2.weight)
+    assert to_mmseg_mae({"norm.weight": torch.ones(2)}) == {}
