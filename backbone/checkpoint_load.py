@@ -32,9 +32,10 @@ class LoadReport:
     def __str__(self) -> str:
         lines = [f"loaded {self.source} (format {self.format})"]
         lines += [f"  note: {note}" for note in self.notes]
-        for title, names in (("loaded", self.loaded), ("missing", self.missing),
-                             ("unexpected", self.unexpected), ("dropped on request", self.dropped)):
-            lines.append(f"  {title} ({len(names)}): {compact_key_list(names) or '-'}")
+        for title, names, fold in (("loaded", self.loaded, True), ("missing", self.missing, False),
+                                   ("unexpected", self.unexpected, False), ("dropped on request", self.dropped, True)):
+            listed = compact_key_list(names) if fold else ", ".join(names)
+            lines.append(f"  {title} ({len(names)}): {listed or '-'}")
         return "\n".join(lines)
 
 
@@ -175,20 +176,19 @@ def load_model(
     fmt: str = "auto",
     prefix: str | None = None,
     allow_pickle: bool = False,
-    keep_decoder: bool = False,
     keep_head: bool = False,
     **overrides: Any,
 ) -> tuple[VisionTransformer, LoadReport]:
-    """Build the ViT a checkpoint describes (our metadata, or inferred from shapes) and load it.
+    """Build the ViT encoder a checkpoint describes (our metadata, or inferred from shapes) and load it.
 
-    `overrides` change the architecture, e.g. img_size=384 resamples the pos embed on load.
+    Decoder and mask-token keys are dropped (read them with `read_checkpoint`); `overrides` change the architecture, e.g. img_size=384 resamples the pos embed on load.
     """
     ckpt = read_checkpoint(source, fmt, prefix, allow_pickle)
-    state, _ = split_pretraining_keys(ckpt.state, not keep_decoder, not keep_head)
+    state, _ = split_pretraining_keys(ckpt.state, drop_head=not keep_head)
     config = dict(ckpt.meta.get("vit_config") or infer_vit_config(state, overrides.get("num_heads")))
     if not keep_head:
         config["num_classes"] = 0
     config.update(overrides)
     model = VisionTransformer(**config)
-    return model, load_pretrained(model, ckpt, drop_decoder=not keep_decoder, drop_head=not keep_head)
+    return model, load_pretrained(model, ckpt, drop_head=not keep_head)
 

@@ -1,0 +1,85 @@
+"""`droppos-bench`: the one command-line entry point; each subcommand hands its arguments to a task."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from backbone import FORMATS, LAYOUTS, CheckpointError, export_checkpoint, load_model
+
+from .demo import DEMO_DEFAULTS, run_demo
+
+log = logging.getLogger("droppos_bench")
+
+
+def run_synth(args: argparse.Namespace) -> None:
+    from .synthetic import synthesize
+
+    summary = synthesize(args.out, num_images=args.images, size=args.size, seed=args.seed,
+                         overwrite=args.overwrite)
+    log.info("wrote %d synthetic scenes (%s) to %s", args.images, summary["splits"], args.out)
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    overrides = {k: v for k, v in (("img_size", args.img_size), ("num_heads", args.num_heads)) if v is not None}
+    model, report = load_model(args.src, fmt=args.format, prefix=args.prefix, allow_pickle=args.allow_pickle,
+                               keep_head=args.keep_head, **overrides)
+    print(report)
+    meta = {"converted_from": str(args.src), "source_format": report.format}
+    path = export_checkpoint(model, args.out, args.to, meta=meta if args.to == "ours" else None)
+    print(f"wrote {path} ({args.to} layout)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="droppos-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the pipeline end to end on built-in synthetic data")
+    demo.add_argument("--out", type=Path, default=Path(DEMO_DEFAULTS["out"]), help="output folder")
+    demo.add_argument("--images", type=int, default=DEMO_DEFAULTS["images"], help="number of synthetic scenes")
+    demo.add_argument("--size", type=int, default=DEMO_DEFAULTS["size"], help="image side in pixels")
+    demo.add_argument("--seed", type=int, default=DEMO_DEFAULTS["seed"])
+    demo.set_defaults(func=lambda a: run_demo(a.out, a.images, a.size, a.seed))
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write a deterministic synthetic dataset in ImageNet, COCO and ADE20K "
+                                          "layouts")
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--images", type=int, required=True, help="number of images (train + val)")
+    synth.add_argument("--size", type=int, required=True, help="image side in pixels (a multiple of 16)")
+    synth.add_argument("--seed", type=int, required=True, help="same seed, same bytes")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    synth.set_defaults(func=run_synth)
+
+    convert = sub.add_parser("convert", help="read a checkpoint of any supported format, report, and rewrite it")
+    convert.add_argument("src", type=Path, help=".pth / .pth.tar / .safetensors checkpoint")
+    convert.add_argument("out", type=Path, help="output file (.safetensors for --to ours)")
+    convert.add_argument("--from", dest="format", default="auto", choices=("auto",) + FORMATS,
+                         help="source format (default: detect)")
+    convert.add_argument("--to", default="ours", choices=LAYOUTS, help="output key layout")
+    convert.add_argument("--prefix", help="keep only keys under this prefix, stripped (e.g. 'encoder.')")
+    convert.add_argument("--img-size", type=int, help="resample the pos embed to this input size")
+    convert.add_argument("--num-heads", type=int, help="attention heads, for widths that match no named size")
+    convert.add_argument("--keep-head", action="store_true", help="keep head / fc_norm (fine-tuned checkpoints)")
+    convert.add_argument("--allow-pickle", action="store_true",
+                         help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
+    convert.set_defaults(func=run_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run one subcommand; expected failures print one clear line and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"droppos-bench: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

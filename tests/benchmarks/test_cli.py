@@ -1,0 +1,71 @@
+"""The droppos-bench command: convert end to end, clear errors with exit code 2, demo on tiny data."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from backbone import build_vit, read_checkpoint
+from benchmarks.cli import main
+
+
+@pytest.fixture()
+def mae_file(tmp_path):
+    torch.manual_seed(0)
+    model = build_vit("tiny", depth=2)
+    path = tmp_path / "mae.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return model, path
+
+
+def test_convert_to_ours_resamples_and_records_source(tmp_path, mae_file, capsys):
+    model, src = mae_file
+    out = tmp_path / "out" / "vit.safetensors"
+    assert main(["convert", str(src), str(out), "--img-size", "256"]) == 0
+    printed = capsys.readouterr().out
+    assert "format mae" in printed and "14x14" in printed and "16x16" in printed and "missing (0)" in printed
+    ckpt = read_checkpoint(out)
+    assert ckpt.meta["source_format"] == "mae" and ckpt.meta["vit_config"]["img_size"] == [256, 256]
+    assert ckpt.state["pos_embed"].shape == (1, 257, 192)
+    assert torch.equal(ckpt.state["blocks.1.attn.qkv.weight"], model.blocks[1].attn.qkv.weight)
+    with safe_open(str(out), "pt") as handle:
+        assert handle.metadata()["format"] == "droppos-bench"
+
+
+@pytest.mark.parametrize("layout, key", [("detectron2", "model"), ("mmseg", "layers.0.ln1.weight"),
+                                         ("timm", "blocks.0.norm1.weight")])
+def test_convert_to_interop_layouts(tmp_path, mae_file, layout, key):
+    _, src = mae_file
+    out = tmp_path / f"{layout}.pth"
+    assert main(["convert", str(src), str(out), "--to", layout]) == 0
+    assert key in torch.load(out, weights_only=True)
+
+
+def test_convert_errors_exit_2_with_message(tmp_path, mae_file, capsys):
+    _, src = mae_file
+    assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o.safetensors")]) == 2
+    assert "missing.pth" in capsys.readouterr().err
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(src.read_bytes()[:1000])
+    assert main(["convert", str(broken), str(tmp_path / "o.safetensors")]) == 2
+    assert "truncated" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "o.pth"), "--to", "ours"]) == 2
+    assert "safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "o.pth").exists() and not (tmp_path / "o.safetensors").exists()
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "convert" in result.stdout and "demo" in result.stdout
+
+
+def test_demo_runs_end_to_end_on_tiny_data(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--images", "6", "--size", "64"]) == 0
+    summary = json.loads((tmp_path / "demo_summary.json").read_text())
+    layouts = summary["layouts"]
+    assert layouts["imagenet_train"] + layouts["imagenet_val"] == 6 and layouts["ade_labels"] == 6
+    assert summary["backbone"]["feature_maps"][0] == [min(16, layouts["imagenet_train"]), 192, 4, 4]
+    assert (tmp_path / "vit_tiny_vitdet_d2.pth").is_file() and (tmp_path / "vit_tiny_mmseg.pth").is_file()
+    assert "checkpoint round trip" in capsys.readouterr().out
