@@ -18,4 +18,5 @@ demo: $(STAMP)
 
 # One torch thread per xdist worker: two workers on two cores instead of four threads fighting over them.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q

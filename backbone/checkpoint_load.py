@@ -181,7 +181,8 @@ def load_model(
 ) -> tuple[VisionTransformer, LoadReport]:
     """Build the ViT encoder a checkpoint describes (our metadata, or inferred from shapes) and load it.
 
-    Decoder and mask-token keys are dropped (read them with `read_checkpoint`); `overrides` change the architecture, e.g. img_size=384 resamples the pos embed on load.
+    Decoder and mask-token keys are dropped (read them with `read_checkpoint`); `overrides` change the
+    architecture, e.g. img_size=384 resamples the pos embed on load.
     """
     ckpt = read_checkpoint(source, fmt, prefix, allow_pickle)
     state, _ = split_pretraining_keys(ckpt.state, drop_head=not keep_head)

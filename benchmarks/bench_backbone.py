@@ -3,8 +3,8 @@
     python benchmarks/bench_backbone.py --size base --batch 32 --device cuda --amp
     python benchmarks/bench_backbone.py --size tiny --batch 16              # CPU
 
-Prints the best images/s of each over alternating rounds and the ratio ours / timm (1.0 = no overhead). On CUDA it runs in
-bf16 autocast; `--compile` wraps both models in torch.compile.
+Prints the best images/s of each over alternating rounds and the ratio ours / timm (1.0 = no overhead).
+`--amp` runs in bf16 autocast; `--compile` wraps both models in torch.compile.
 """
 from __future__ import annotations
 

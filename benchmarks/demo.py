@@ -92,7 +92,8 @@ def run_demo(out: Path, images: int, size: int, seed: int) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     backbone = summary["backbone"]
     rows = [(k, v) for k, v in summary["layouts"].items()] + [
-        ("ViT-Tiny features", backbone["feature_shape"]), ("feature maps (blocks 3,5,7,11)", backbone["feature_maps"][0]),
+        ("ViT-Tiny features", backbone["feature_shape"]),
+        ("feature maps (blocks 3,5,7,11)", backbone["feature_maps"][0]),
         ("forward images/s (CPU)", backbone["images_per_s"]), ("checkpoint round trip", "identical"),
         ("total seconds", summary["seconds"])]
     width = max(len(k) for k, _ in rows)

@@ -8,7 +8,6 @@ depends only on the generator arguments, so equal seeds give identical files.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_api
 
+from backbone.safe_io import write_json_atomic
 from benchmarks.synthetic.scenes import IGNORE_ID, OBJECT_CLASSES, SEMANTIC_CLASSES, Instance, Scene
 
 GENERATOR_VERSION = "1.0"
@@ -78,11 +78,11 @@ class LayoutWriter:
     def finish(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """Write both COCO json files and synth_meta.json; returns the metadata without per-image records."""
         categories = [{"id": cid, "name": name, "supercategory": "shape"}
-                      for cid, name in zip(COCO_CATEGORY_IDS, OBJECT_CLASSES)]
+                      for cid, name in zip(COCO_CATEGORY_IDS, OBJECT_CLASSES, strict=True)]
         annotation_files = {}
         for split in SPLITS:
             annotation_files[split] = f"coco/annotations/instances_{_COCO_DIRS[split]}.json"
-            write_json(self.root / annotation_files[split], {
+            write_json_atomic(self.root / annotation_files[split], indent=None, obj={
                 "info": {"description": "droppos-bench synthetic scenes", "version": GENERATOR_VERSION,
                          "year": 2017, "contributor": "droppos-bench", "url": "", "date_created": ""},
                 "licenses": [{"id": 1, "name": "CC0 1.0",
@@ -104,7 +104,7 @@ class LayoutWriter:
                     # mmseg's reduce_zero_label maps id 0 to ignore and id k to class k - 1
                     "reduce_zero_label_classes": list(SEMANTIC_CLASSES[1:])},
         }
-        write_json(self.root / META_FILE, {**meta, "images": self.records})
+        write_json_atomic(self.root / META_FILE, {**meta, "images": self.records}, indent=None)
         return meta
 
     def _annotation(self, instance: Instance, image_id: int) -> dict[str, Any]:
@@ -199,17 +199,6 @@ def _successors(start: np.ndarray, end: np.ndarray, direction: np.ndarray) -> np
     successor, alternative = order[first], order[second]
     turns_right = (sorted_start[second] == end) & (direction[alternative] == (direction + 1) % 4)
     return np.where(turns_right, alternative, successor)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write with stable bytes (sorted keys, fixed separators), atomically via a sibling temp file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open() keeps the umask's permissions
-    try:
-        temporary.write_text(json.dumps(obj, sort_keys=True, separators=(",", ":")), encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _link(source: Path, target: Path) -> None:

@@ -60,7 +60,8 @@ def write_mocov3(model, path):
     state = encoder_state(model)
     wrapped = {f"module.base_encoder.{k}": v for k, v in state.items()}
     wrapped |= {f"module.momentum_encoder.{k}": v + 1 for k, v in state.items()}
-    wrapped |= {"module.base_encoder.head.0.weight": torch.randn(4096, 192), "module.predictor.0.weight": torch.randn(8, 8)}
+    wrapped |= {"module.base_encoder.head.0.weight": torch.randn(4096, 192),
+                "module.predictor.0.weight": torch.randn(8, 8)}
     torch.save({"epoch": 300, "arch": "vit_base", "state_dict": wrapped, "optimizer": {}}, path)
 
 
@@ -202,7 +203,8 @@ def test_mae_training_args_namespace_is_accepted(tmp_path, encoder):
     import argparse
 
     path = tmp_path / "mae_with_args.pth"
-    torch.save({"model": encoder_state(encoder), "args": argparse.Namespace(lr=1e-3, model="vit_base"), "epoch": 1}, path)
+    args = argparse.Namespace(lr=1e-3, model="vit_base")
+    torch.save({"model": encoder_state(encoder), "args": args, "epoch": 1}, path)
     assert read_checkpoint(path).format == "mae"
 
 
@@ -259,3 +261,12 @@ def test_mmseg_layout(tmp_path, encoder):
         "cls_token", "pos_embed", "patch_embed.projection.weight", "patch_embed.projection.bias"}
     assert torch.equal(state["layers.1.ffn.layers.1.weight"], encoder.blocks[1].mlp.fc2.weight)
     assert to_mmseg_mae({"norm.weight": torch.ones(2)}) == {}
+
+
+def test_exported_files_get_umask_permissions(tmp_path, encoder):
+    umask = os.umask(0o022)
+    try:
+        path = export_checkpoint(encoder, tmp_path / "shared.safetensors")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the group, as on a shared cluster

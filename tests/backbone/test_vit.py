@@ -101,7 +101,7 @@ def test_grad_checkpointing_gives_same_gradients():
     model.zero_grad()
     model.set_grad_checkpointing(True)
     model(x).sum().backward()
-    for ref, p in zip(reference, [p for p in model.parameters() if p.grad is not None]):
+    for ref, p in zip(reference, [p for p in model.parameters() if p.grad is not None], strict=True):
         torch.testing.assert_close(p.grad, ref)
 
 
