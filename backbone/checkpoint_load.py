@@ -105,8 +105,10 @@ def adapt_state_dict(
             continue
         want = target[key].shape
         if key == "pos_embed" and value.shape[-1] == want[-1]:
-            prefix, grid = pos_embed_layout(value.shape[1], "cls_token" in state)
-            grid = src_grid or grid
+            if src_grid:  # recorded in our metadata; the only way to know a non-square grid
+                grid, prefix = src_grid, value.shape[1] - src_grid[0] * src_grid[1]
+            else:
+                prefix, grid = pos_embed_layout(value.shape[1], "cls_token" in state)
             adapted[key] = resample_pos_embed(value, model.grid_size, prefix, model.num_prefix_tokens, grid)
             notes.append(f"pos_embed resampled from {grid[0]}x{grid[1]} (+{prefix} prefix) to "
                          f"{model.grid_size[0]}x{model.grid_size[1]} (+{model.num_prefix_tokens} prefix)")

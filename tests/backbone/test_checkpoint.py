@@ -220,6 +220,9 @@ def test_our_format_records_architecture(tmp_path):
     assert ckpt.meta["vit_config"]["img_size"] == [64, 96] and ckpt.meta["epochs"] == 3
     rebuilt, report = load_model(path)
     assert rebuilt.grid_size == (4, 6) and not report.missing
+    square, report = load_model(path, img_size=96)  # non-square 4x6 (+[CLS]) table resampled to 6x6
+    assert square.pos_embed.shape == (1, 37, 192) and "4x6 (+1 prefix) to 6x6" in report.notes[0]
+    assert torch.equal(square.pos_embed[:, 0], model.pos_embed[:, 0])
     with pytest.raises(ValueError, match="safetensors"):
         export_checkpoint(model, tmp_path / "m.pth", "ours")
 
