@@ -265,8 +265,10 @@ def _check_options(
         raise ValueError(f"global_blocks {bad} out of range for depth {depth}")
 
 
-def build_vit(size: str = "base", **kwargs: Any) -> VisionTransformer:
-    """ViT of a named size ('tiny', 'small', 'base', 'large'); keyword arguments override the defaults."""
+def build_vit(size: str = "base", model_class: type[VisionTransformer] = VisionTransformer,
+              **kwargs: Any) -> VisionTransformer:
+    """ViT (or a subclass, e.g. DropPos) of a named size ('tiny', 'small', 'base', 'large'); keyword
+    arguments override the size's defaults."""
     if size not in VIT_SIZES:
         raise ValueError(f"unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
-    return VisionTransformer(**{**VIT_SIZES[size], **kwargs})
+    return model_class(**{**VIT_SIZES[size], **kwargs})
