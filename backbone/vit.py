@@ -27,6 +27,18 @@ POS_EMBED_INITS = ("sincos", "random")
 GLOBAL_POOLS = ("token", "avg")
 
 
+def init_mae_style(module: nn.Module) -> None:
+    """MAE's initialisation of every linear (xavier uniform, zero bias) and LayerNorm (1, 0) in `module`."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through SDPA, with ViTDet's decomposed relative position bias as an option."""
 
@@ -160,14 +172,7 @@ class VisionTransformer(nn.Module):
 
     def _init_weights(self, pos_embed: str) -> None:
         """MAE's initialisation: xavier linears, fixed sin-cos table, head trunc-normal with std 2e-5."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_mae_style(self)
         proj = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
         if self.cls_token is not None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbone import VisionTransformer
-from backbone.vit import Block
+from backbone.vit import Block, init_mae_style
 
 
 def random_split(batch: int, length: int, keep: int, device: torch.device,
@@ -48,10 +48,8 @@ class DropPos(VisionTransformer):
         self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads) for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=self.config["norm_eps"])
         self.decoder_pred = nn.Linear(decoder_dim, num_patches)
-        for module in (self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()):
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        for part in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            init_mae_style(part)
         nn.init.normal_(self.mask_pos_token, std=0.02)
 
     def mask(self, batch: int, mask_ratio: float, pos_mask_ratio: float, device: torch.device,
