@@ -16,12 +16,7 @@ from torch import nn
 from backbone import VisionTransformer
 from backbone.vit import Block, init_mae_style
 
-
-def random_split(batch: int, length: int, keep: int, device: torch.device,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample random (kept, rest) index sets of sizes (keep, length - keep): argsort of uniform noise."""
-    order = torch.rand(batch, length, device=device, generator=generator).argsort(dim=1)
-    return order[:, :keep], order[:, keep:]
+from .masking import random_split
 
 
 class DropPos(VisionTransformer):

@@ -1,0 +1,26 @@
+"""Per-sample random masking shared by DropPos and MAE: argsort of uniform noise, gather-based."""
+from __future__ import annotations
+
+import torch
+
+
+def random_split(batch: int, length: int, keep: int, device: torch.device,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random (kept, rest) index sets of sizes (keep, length - keep): argsort of uniform noise."""
+    order = torch.rand(batch, length, device=device, generator=generator).argsort(dim=1)
+    return order[:, :keep], order[:, keep:]
+
+
+def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, p*p*C), pixels of a patch in (row, column, channel) order as in MAE."""
+    batch, channels, height, width = images.shape
+    p = patch_size
+    x = images.reshape(batch, channels, height // p, p, width // p, p)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, (height // p) * (width // p), p * p * channels)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int], channels: int = 3) -> torch.Tensor:
+    """Inverse of `patchify`."""
+    batch, p = patches.shape[0], patch_size
+    x = patches.reshape(batch, grid[0], grid[1], p, p, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, grid[0] * p, grid[1] * p)
