@@ -197,9 +197,19 @@ class VisionTransformer(nn.Module):
         if (height, width) != self.grid_size:
             pos = resample_pos_embed(pos, (height, width), self.num_prefix_tokens, old_grid=self.grid_size)
         x = x.reshape(batch, height * width, dim) + pos[:, self.num_prefix_tokens:]
-        if self.cls_token is not None:
-            x = torch.cat([(self.cls_token + pos[:, :1]).expand(batch, -1, -1), x], dim=1)
-        return x, (height, width)
+        return self.prepend_cls_token(x), (height, width)
+
+    def prepend_cls_token(self, x: torch.Tensor) -> torch.Tensor:
+        """[CLS] with position 0 in front of patch tokens (B, K, D); unchanged without a [CLS] token."""
+        if self.cls_token is None:
+            return x
+        return torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
+
+    def encode_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, prefix + K, D) for patch tokens that already carry their positions: all of
+        them or a masked subset (pre-training), which is why no grid-dependent option may be on."""
+        x, _ = self.run_blocks(self.prepend_cls_token(x), self.grid_size)
+        return self.norm(x)
 
     def run_blocks(
         self, x: torch.Tensor, grid: Grid, keep: Sequence[int] = ()

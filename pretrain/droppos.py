@@ -65,10 +65,7 @@ class DropPos(VisionTransformer):
         index = ids_visible.unsqueeze(-1).expand(-1, -1, dim)
         pos = self.pos_embed[:, 1:].expand(x.shape[0], -1, -1).gather(1, index)
         pos = torch.where(dropped.unsqueeze(-1), self.mask_pos_token.to(pos.dtype), pos)
-        x = x.gather(1, index) + pos
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x, _ = self.run_blocks(torch.cat([cls, x], dim=1), self.grid_size)
-        return self.norm(x)
+        return self.encode_patches(x.gather(1, index) + pos)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Position logits (B, K, N) of the patch tokens; the [CLS] output is dropped."""

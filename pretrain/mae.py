@@ -47,10 +47,7 @@ class MAE(VisionTransformer):
     def encode_visible(self, images: torch.Tensor, ids_visible: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, 1 + K, D) for the visible patches, each with its own position."""
         x = self.patch_embed(images).flatten(1, 2) + self.pos_embed[:, 1:]
-        x = x.gather(1, ids_visible.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x, _ = self.run_blocks(torch.cat([cls, x], dim=1), self.grid_size)
-        return self.norm(x)
+        return self.encode_patches(x.gather(1, ids_visible.unsqueeze(-1).expand(-1, -1, x.shape[-1])))
 
     def decode(self, tokens: torch.Tensor, ids_visible: torch.Tensor) -> torch.Tensor:
         """Pixel predictions (B, N, p*p*C) for every patch: visible tokens scattered to their places, mask
