@@ -26,7 +26,7 @@ FORMAT_HELP = {
     "timm": "flat state dict (timm, .pth or .safetensors)",
     "mocov3": "MoCo v3 release: {'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*', ...}}",
     "ours": "droppos-bench .safetensors with json metadata",
-    "state_dict": "any other {'state_dict': ...} wrapper (mmengine runs, DDP)",
+    "state_dict": "any other {'state_dict': ...} wrapper (mmengine runs, ours included, DDP)",
 }
 # Pre-training-only parts and classification heads, dropped on request before loading an encoder.
 DECODER_KEYS = ("decoder", "mask_token", "mask_pos_token")
@@ -97,6 +97,8 @@ def detect_format(obj: Any, file_meta: dict[str, str]) -> str:
         raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, expected a dict")
     state = obj.get("state_dict")
     if isinstance(state, dict):
+        if _run_meta(obj):
+            return "state_dict"
         if any(k.startswith(("module.base_encoder.", "base_encoder.")) for k in state):
             return "mocov3"
         if isinstance(obj.get("model"), str) or any(k.endswith("mask_pos_token") for k in state):
@@ -109,6 +111,12 @@ def detect_format(obj: Any, file_meta: dict[str, str]) -> str:
     summary = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(obj.items())[:8])
     known = "\n".join(f"  {name}: {text}" for name, text in FORMAT_HELP.items())
     raise CheckpointError(f"unknown checkpoint format (top-level keys {{{summary}}}); supported:\n{known}")
+
+
+def _run_meta(obj: dict) -> dict[str, Any]:
+    """What our mmengine runs record in a checkpoint's meta (model config, model prefix), else {}."""
+    meta = obj.get("meta")
+    return meta.get("droppos_bench", {}) if isinstance(meta, dict) else {}
 
 
 def _unwrap(obj: Any, fmt: str) -> dict[str, Any]:
@@ -143,11 +151,13 @@ def read_checkpoint(
         raise CheckpointError(f"{path}: {err}") from None
     while state and all(k.startswith("module.") for k in state):
         state = strip_prefix(state, "module.")
-    prefix = ("base_encoder." if fmt == "mocov3" else "") if prefix is None else prefix
+    run_meta = _run_meta(obj) if fmt == "state_dict" else {}
+    default_prefix = {"mocov3": "base_encoder."}.get(fmt, run_meta.get("model_prefix", ""))
+    prefix = default_prefix if prefix is None else prefix
     state = {k: v for k, v in strip_prefix(state, prefix).items() if isinstance(v, torch.Tensor)}
     if not state:
         raise CheckpointError(f"{path}: no tensors found under prefix {prefix!r} (format {fmt!r})")
-    meta = json.loads(file_meta.get("meta", "{}")) if fmt == "ours" else {}
+    meta = json.loads(file_meta.get("meta", "{}")) if fmt == "ours" else run_meta
     return Checkpoint(str(path), fmt, state, meta)
 
 

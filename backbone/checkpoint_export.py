@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import OURS_TAG
+from .checkpoint import OURS_TAG, split_pretraining_keys
 from .safe_io import atomic_path
 from .vit import VisionTransformer
 
@@ -30,8 +30,10 @@ MMSEG_RENAMES = (
 
 
 def cpu_state(model: VisionTransformer) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU copies of every tensor in the model's state dict."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Detached, contiguous CPU copies of the encoder's (and head's) tensors; a pre-training model's decoder
+    and mask tokens are left out, so DropPos and MAE export the encoder every task loads."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return split_pretraining_keys(state, drop_decoder=True, drop_head=False)[0]
 
 
 def to_detectron2_vitdet(state: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mmengine.config import DictAction
+
 from backbone import FORMATS, LAYOUTS, CheckpointError, export_checkpoint, load_model
 
 from .demo import DEMO_DEFAULTS, run_demo
@@ -30,6 +32,20 @@ def run_convert(args: argparse.Namespace) -> None:
     meta = {"converted_from": str(args.src), "source_format": report.format}
     path = export_checkpoint(model, args.out, args.to, meta=meta if args.to == "ours" else None)
     print(f"wrote {path} ({args.to} layout)")
+
+
+def run_pretrain_command(args: argparse.Namespace) -> None:
+    from pretrain.train import run_pretrain
+
+    run_pretrain(args.config, args.overrides)
+
+
+def run_posacc_command(args: argparse.Namespace) -> None:
+    from pretrain.posacc import run_posacc
+
+    run_posacc(args.checkpoint, args.data, split=args.split, images=args.images, batch_size=args.batch_size,
+               seed=args.seed, workers=args.workers, out=args.out, figure=args.figure,
+               figure_images=args.figure_images, allow_pickle=args.allow_pickle, device=args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--allow-pickle", action="store_true",
                          help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
     convert.set_defaults(func=run_convert)
+
+    pretrain = sub.add_parser("pretrain", help="pre-train DropPos or MAE on an ImageNet-layout folder (mmengine)")
+    pretrain.add_argument("config", help="config file, or the name of a shipped one (pretrain/configs/), "
+                                         "e.g. droppos_vit_base_200ep or ablations/tab1_gamma_0.50")
+    pretrain.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
+                          help="change config values, e.g. data.root=/data/imagenet schedule.epochs=100")
+    pretrain.set_defaults(func=run_pretrain_command)
+
+    posacc = sub.add_parser("posacc", help="position accuracy grid of a DropPos checkpoint (paper Tab. S3, Fig. 3)")
+    posacc.add_argument("checkpoint", type=Path, help="our pre-training checkpoint (epoch_N.pth) or the authors' "
+                                                      "release; it must hold the position decoder")
+    posacc.add_argument("--data", type=Path, required=True, help="ImageNet-layout root (or a synthetic dataset)")
+    posacc.add_argument("--split", default="val")
+    posacc.add_argument("--images", type=int, help="evaluate this many images, evenly spread (default: all)")
+    posacc.add_argument("--batch-size", type=int, default=64)
+    posacc.add_argument("--seed", type=int, default=0, help="masks depend only on the seed and the case")
+    posacc.add_argument("--workers", type=int, default=4, help="data-loader processes")
+    posacc.add_argument("--out", type=Path, help="also write the grid as json")
+    posacc.add_argument("--figure", type=Path, help="draw paper Fig. 3 (PNG) for the first images")
+    posacc.add_argument("--figure-images", type=int, default=4)
+    posacc.add_argument("--device", help="default: cuda if available")
+    posacc.add_argument("--allow-pickle", action="store_true",
+                        help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
+    posacc.set_defaults(func=run_posacc_command)
     return parser
 
 

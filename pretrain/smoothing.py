@@ -17,17 +17,21 @@ MODES = ("paper", "official")
 OFFICIAL_TOKEN_SIZE = 14  # the release passes 14 where its code expects the token size: 224 // 14 = 16
 
 
-def _grid_coords(grid: Grid) -> torch.Tensor:
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+def _grid_coords(grid: Grid, device: torch.device | None = None) -> torch.Tensor:
+    rows, cols = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
+                                indexing="ij")
     return torch.stack([rows.flatten(), cols.flatten()], dim=1)
 
 
-def paper_smoothing(grid: Grid, sigma: float) -> torch.Tensor:
-    """(N, N) matrix w*(i, j) = exp(-dist(i, j) / sigma^2), rows normalised; sigma = 0 gives the identity."""
+def paper_smoothing(grid: Grid, sigma: float, device: torch.device | None = None) -> torch.Tensor:
+    """(N, N) matrix w*(i, j) = exp(-dist(i, j) / sigma^2), rows normalised; sigma = 0 gives the identity.
+
+    Built on `device` directly: in training it changes every iteration, and a host-to-device copy would sync.
+    """
     num = grid[0] * grid[1]
     if sigma == 0:
-        return torch.eye(num)
-    coords = _grid_coords(grid).double()
+        return torch.eye(num, device=device)
+    coords = _grid_coords(grid, device).double()
     weight = torch.exp(-torch.cdist(coords, coords) / sigma**2)
     return (weight / weight.sum(dim=1, keepdim=True)).float()
 
@@ -48,12 +52,13 @@ def official_smoothing(img_size: int, sigma: float, num_positions: int) -> torch
     return (weight / weight.sum(-1))[:, :num_positions]
 
 
-def position_smoothing(mode: str, grid: Grid, img_size: int, sigma: float) -> torch.Tensor:
+def position_smoothing(mode: str, grid: Grid, img_size: int, sigma: float,
+                       device: torch.device | None = None) -> torch.Tensor:
     """Soft-target table whose row y is the target distribution for a patch at true position y."""
     if mode == "paper":
-        return paper_smoothing(grid, sigma)
+        return paper_smoothing(grid, sigma, device)
     if mode == "official":
-        return official_smoothing(img_size, sigma, grid[0] * grid[1])
+        return official_smoothing(img_size, sigma, grid[0] * grid[1]).to(device)
     raise ValueError(f"smoothing={mode!r}; expected one of {MODES}")
 
 

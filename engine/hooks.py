@@ -1,0 +1,123 @@
+"""Hooks every task's Runner gets: per-epoch seeding (exact resume) and sync-free logging of device metrics."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from mmengine.dist import get_rank
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.model import is_model_wrapper
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A well-mixed 32-bit seed for (run seed, epoch, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def torch_seeds_workers(worker_id: int) -> None:
+    """Keep PyTorch's own per-worker seeds (drawn from the main RNG that EpochSeedHook reseeds each epoch);
+    mmengine's default worker_init_fn would give the workers the same random stream in every epoch."""
+
+
+class EpochSeedHook(Hook):
+    """Reseed torch, numpy and random at every epoch start from (seed, epoch, rank).
+
+    Masks, augmentations and data-loader worker seeds then depend only on the epoch, so a run resumed from an
+    epoch checkpoint repeats exactly what the uninterrupted run did (mmengine itself reseeds from the run seed
+    on resume, which would replay epoch 0's random stream).
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def before_train_epoch(self, runner) -> None:
+        value = epoch_seed(self.seed, runner.epoch, get_rank())
+        torch.manual_seed(value)
+        np.random.seed(value)
+        random.seed(value)
+
+
+class RunningMeans:
+    """Sums of per-iteration device tensors; read (one host sync) and reset once per log interval."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += 1
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        means = {key: total / self.count for key, total in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+class DeviceLogHook(Hook):
+    """At each log step, move the model's running means (and the mean gradient norm) into the message hub.
+
+    The model keeps its per-iteration losses and metrics on the device (`model.running_means`); this hook reads
+    them with a single host sync on exactly the iterations the LoggerHook writes (it runs just before it).
+    """
+
+    priority = "NORMAL"
+
+    def __init__(self, interval: int):
+        self.interval = interval
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not (self.every_n_inner_iters(batch_idx, self.interval)
+                or self.end_of_epoch(runner.train_dataloader, batch_idx)):
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        values = model.running_means.pop()
+        grad_norm = runner.optim_wrapper.pop_grad_norm()
+        if grad_norm is not None:
+            values["grad_norm"] = grad_norm
+        if values:
+            numbers = torch.stack(list(values.values())).tolist()
+            for key, number in zip(values, numbers, strict=True):
+                runner.message_hub.update_scalar(f"train/{key}", number)
+
+
+def _plain(value):
+    """numpy scalars and arrays as Python numbers and lists, recursively through dicts and lists."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(item) for item in value)
+    return value
+
+
+class PlainCheckpointHook(Hook):
+    """Keep checkpoints loadable with torch's `weights_only=True` and no allow-list.
+
+    mmengine stores its log history as HistoryBuffer objects of numpy arrays, which the safe loader refuses;
+    they are saved here as plain lists and rebuilt on load, before the Runner restores its message hub.
+    """
+
+    priority = "VERY_LOW"
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        hub = checkpoint["message_hub"]
+        hub["log_scalars"] = {key: dict(history=buffer.data[0].tolist(), counts=buffer.data[1].tolist(),
+                                        max_length=buffer.max_length)
+                              for key, buffer in hub["log_scalars"].items()}
+        hub["runtime_info"] = _plain(hub["runtime_info"])
+        checkpoint["meta"] = _plain(checkpoint["meta"])
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        hub = checkpoint.get("message_hub")
+        if hub is not None:
+            hub["log_scalars"] = {key: HistoryBuffer(value["history"], value["counts"], value["max_length"])
+                                  if isinstance(value, dict) else value
+                                  for key, value in hub["log_scalars"].items()}

@@ -1,0 +1,128 @@
+"""Building mmengine's Runner the same way for every task: effective-batch semantics, iteration-based cosine
+schedule with warmup, epoch seeding, sync-free logging to the terminal and TensorBoard, and atomic checkpoints
+that load with torch's safe `weights_only=True` (for resume too).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.dist import master_only
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+
+from backbone.safe_io import atomic_path
+
+from .hooks import DeviceLogHook, EpochSeedHook, PlainCheckpointHook, torch_seeds_workers
+from .optim import DeviceOptimWrapper
+
+
+def distributed_launcher() -> str:
+    """'pytorch' under torchrun (it sets LOCAL_RANK), else 'none' (one process)."""
+    return "pytorch" if "LOCAL_RANK" in os.environ else "none"
+
+
+def batch_plan(effective_batch: int, batch_size: int, world_size: int) -> int:
+    """Gradient-accumulation steps so that batch_size * world_size * steps == effective_batch, exactly."""
+    per_step = batch_size * world_size
+    if effective_batch % per_step:
+        raise ValueError(f"effective_batch={effective_batch} is not a multiple of batch_size={batch_size} x "
+                         f"{world_size} processes = {per_step}; change batch_size or the number of processes")
+    return effective_batch // per_step
+
+
+class TrainRunner(Runner):
+    """mmengine's Runner with atomic checkpoint files."""
+
+    @master_only
+    def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
+        """Write to a temporary file and rename it, so an interrupted save never leaves a broken checkpoint."""
+        with atomic_path(Path(out_dir) / filename) as tmp:
+            super().save_checkpoint(str(tmp.parent), tmp.name, *args, **kwargs)
+
+
+
+@dataclass
+class TrainSpec:
+    """What every task decides before building its Runner (the rest is shared)."""
+
+    work_dir: str
+    epochs: int
+    batch_size: int
+    effective_batch: int
+    warmup_epochs: float = 0.0
+    warmup_iters: int | None = None
+    min_lr: float = 0.0
+    precision: str = "fp32"
+    clip_grad: float | None = None
+    num_workers: int = 4
+    log_interval: int = 50
+    checkpoint_interval: int = 1
+    max_keep_checkpoints: int = 2
+    seed: int = 0
+    resume: bool | str = False
+    custom_hooks: list[Hook] = field(default_factory=list)
+
+
+def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
+    """Steps per epoch of one process with drop_last (mmengine's DefaultSampler pads ranks to equal size)."""
+    steps = math.ceil(num_samples / world_size) // batch_size
+    if steps == 0:
+        raise ValueError(f"the training set has {num_samples} images, fewer than one batch of {batch_size} per "
+                         f"process ({world_size} processes); lower batch_size")
+    return steps
+
+
+def lr_schedule(spec: TrainSpec, steps_per_epoch: int) -> list[dict]:
+    """Linear warmup then cosine to min_lr, in iterations; warmup given in epochs or iterations."""
+    total = spec.epochs * steps_per_epoch
+    warmup = spec.warmup_iters if spec.warmup_iters is not None else round(spec.warmup_epochs * steps_per_epoch)
+    if not 0 <= warmup < total:
+        raise ValueError(f"warmup of {warmup} iterations must be shorter than the {total} training iterations")
+    schedule = []
+    if warmup:
+        schedule.append(dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup))
+    schedule.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min=spec.min_lr, by_epoch=False,
+                         begin=warmup, end=total))
+    return schedule
+
+
+def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.data.Dataset,
+                       optimizer: torch.optim.Optimizer, experiment_name: str, cfg: Any = None,
+                       launcher: str | None = None) -> TrainRunner:
+    """An epoch-based Runner for `model` on `dataset` with `optimizer` (whose lr already is the peak lr)."""
+    launcher = launcher or distributed_launcher()
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    accumulation = batch_plan(spec.effective_batch, spec.batch_size, world_size)
+    steps_per_epoch = iterations_per_epoch(len(dataset), spec.batch_size, world_size)
+    cuda = torch.cuda.is_available()
+    dataloader = dict(
+        dataset=dataset, batch_size=spec.batch_size, num_workers=spec.num_workers, pin_memory=cuda,
+        persistent_workers=False, drop_last=True, sampler=dict(type="DefaultSampler", shuffle=True),
+        collate_fn=dict(type="default_collate"), worker_init_fn=dict(type=torch_seeds_workers),
+    )
+    optim_wrapper = DeviceOptimWrapper(optimizer, precision=spec.precision, max_norm=spec.clip_grad,
+                                       accumulative_counts=accumulation)
+    default_hooks = dict(
+        logger=dict(type="LoggerHook", interval=spec.log_interval, ignore_last=False),
+        checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval, by_epoch=True,
+                        max_keep_ckpts=spec.max_keep_checkpoints, save_last=True),
+    )
+    hooks = [EpochSeedHook(spec.seed), DeviceLogHook(spec.log_interval), PlainCheckpointHook(), *spec.custom_hooks]
+    return TrainRunner(
+        model=model, work_dir=spec.work_dir, experiment_name=experiment_name, train_dataloader=dataloader,
+        train_cfg=dict(by_epoch=True, max_epochs=spec.epochs), optim_wrapper=optim_wrapper,
+        param_scheduler=lr_schedule(spec, steps_per_epoch), default_hooks=default_hooks, custom_hooks=hooks,
+        launcher=launcher, resume=bool(spec.resume), load_from=spec.resume if isinstance(spec.resume, str) else None,
+        randomness=dict(seed=spec.seed),
+        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if cuda else "gloo")),
+        log_processor=dict(window_size=spec.log_interval, mean_pattern=r".*(time|data_time).*"),
+        visualizer=dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend"),
+                                                         dict(type="TensorboardVisBackend")]),
+        cfg=cfg,
+    )

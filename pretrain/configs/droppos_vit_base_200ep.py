@@ -1,0 +1,2 @@
+# DropPos ViT-B/16, 200 epochs on ImageNet-1K (paper Tab. 5: 83.0 fine-tuned; Tab. 6).
+_base_ = ["_base_/pretrain_runtime.py", "_base_/droppos_vit_base.py"]

@@ -1,0 +1,3 @@
+# DropPos ViT-B/16, 800 epochs (paper Tab. 5: 84.2 fine-tuned; Tab. 6).
+_base_ = ["_base_/pretrain_runtime.py", "_base_/droppos_vit_base.py"]
+schedule = dict(epochs=800)

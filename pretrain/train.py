@@ -1,0 +1,143 @@
+"""`droppos-bench pretrain`: DropPos or MAE pre-training on mmengine's Runner, then the encoder export."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel, is_model_wrapper
+from mmengine.runner import set_random_seed
+from timm.optim import param_groups_weight_decay
+
+from backbone import export_checkpoint
+from engine import build_train_runner, load_config
+from engine.hooks import RunningMeans
+from engine.runner import TrainSpec
+
+from .build import build_pretrain_model
+from .data import image_folder, pretrain_transform
+from .droppos import DropPos
+from .mae import MAE
+from .smoothing import position_smoothing, sigma_at
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+MODEL_PREFIX = "net."
+
+
+class PretrainModel(BaseModel):
+    """The Runner's view of DropPos / MAE: batches in, losses out; metrics stay on the device.
+
+    Losses and metrics are summed on the device (`running_means`) and read once per log interval by
+    DeviceLogHook, so a training step never waits for the host.
+    """
+
+    def __init__(self, net: DropPos | MAE):
+        super().__init__(data_preprocessor=dict(type="BaseDataPreprocessor", non_blocking=True))
+        self.net = net
+        self.running_means = RunningMeans()
+        self.smoothing: torch.Tensor | None = None  # DropPos soft-target table, set by SigmaHook every iteration
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                mode: str = "loss") -> dict[str, torch.Tensor]:
+        if mode != "loss":
+            raise ValueError(f"pre-training models only compute losses (mode='loss'), not mode={mode!r}")
+        if isinstance(self.net, DropPos):
+            return self.net(images, self.smoothing)
+        return self.net(images)
+
+    def parse_losses(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        self.running_means.add(losses)
+        return losses["loss"], {}
+
+
+def _unwrap(model: torch.nn.Module) -> PretrainModel:
+    return model.module if is_model_wrapper(model) else model
+
+
+class SigmaHook(Hook):
+    """Position smoothing schedule: sets the soft-target table before each iteration and logs sigma."""
+
+    priority = "NORMAL"
+
+    def __init__(self, mode: str, sigma0: float, sigma_t: float, img_size: int):
+        self.mode, self.sigma0, self.sigma_t, self.img_size = mode, sigma0, sigma_t, img_size
+        self.sigma: float | None = None
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
+        model = _unwrap(runner.model)
+        sigma = sigma_at(self.mode, self.sigma0, self.sigma_t, runner.iter, len(runner.train_dataloader),
+                         runner.max_iters)
+        if sigma != self.sigma or model.smoothing is None:
+            device = next(model.parameters()).device
+            model.smoothing = position_smoothing(self.mode, model.net.grid_size, self.img_size, sigma, device)
+            self.sigma = sigma
+        runner.message_hub.update_scalar("train/sigma", sigma)
+
+
+class RunMetaHook(Hook):
+    """Records the model config in every checkpoint so `read_checkpoint` / `load_droppos` can rebuild it."""
+
+    def __init__(self, model_cfg: dict[str, Any]):
+        self.model_cfg = model_cfg
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint["meta"]["droppos_bench"] = dict(model_prefix=MODEL_PREFIX, model=self.model_cfg)
+
+
+def train_spec(cfg: Config, work_dir: str, hooks: list[Hook]) -> TrainSpec:
+    """The Runner settings a pre-training config holds."""
+    schedule = cfg.schedule
+    return TrainSpec(
+        work_dir=work_dir, epochs=schedule.epochs, batch_size=cfg.batch_size, effective_batch=cfg.effective_batch,
+        warmup_epochs=schedule.warmup_epochs, warmup_iters=schedule.warmup_iters, min_lr=schedule.min_lr,
+        precision=cfg.precision, clip_grad=cfg.optim.clip_grad, num_workers=cfg.data.num_workers,
+        log_interval=cfg.log_interval, checkpoint_interval=cfg.checkpoint.interval,
+        max_keep_checkpoints=cfg.checkpoint.max_keep, seed=cfg.seed, resume=cfg.resume, custom_hooks=hooks,
+    )
+
+
+def build_pretrain_runner(cfg: Config, launcher: str | None = None):
+    """Model, data, optimizer and hooks of a pre-training config, assembled into a Runner."""
+    model_cfg = dict(cfg.model)
+    set_random_seed(cfg.seed)  # the initial weights too, not only what the Runner does after it is built
+    net = build_pretrain_model(model_cfg)
+    if cfg.compile:
+        net.compile()
+    img_size = model_cfg["img_size"]
+    dataset = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale))
+    lr = cfg.optim.base_lr * cfg.effective_batch / 256
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(net, cfg.optim.weight_decay), lr=lr,
+                                  betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
+    hooks: list[Hook] = [RunMetaHook(model_cfg)]
+    if isinstance(net, DropPos):
+        smoothing = cfg.smoothing
+        hooks.append(SigmaHook(smoothing.mode, smoothing.sigma0, smoothing.sigma_t, img_size))
+    work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
+    runner = build_train_runner(train_spec(cfg, work_dir, hooks), PretrainModel(net), dataset, optimizer,
+                                experiment_name=cfg.config_name, cfg=cfg, launcher=launcher)
+    runner.logger.info(f"{model_cfg['arch']} ViT-{model_cfg['size']}: {len(dataset)} images, effective batch "
+                       f"{cfg.effective_batch} ({cfg.batch_size} per process), peak lr {lr:.3g} "
+                       f"= {cfg.optim.base_lr:g} x {cfg.effective_batch} / 256")
+    return runner
+
+
+def export_encoder(runner, cfg: Config) -> Path:
+    """Write the trained encoder in our format (decoder and mask tokens dropped) as work_dir/encoder.safetensors."""
+    net = _unwrap(runner.model).net
+    meta = dict(pretrain=dict(cfg.model), config=cfg.config_name, epochs=runner.epoch)
+    return export_checkpoint(net, Path(runner.work_dir) / "encoder.safetensors", meta=meta)
+
+
+def run_pretrain(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Train per `config` (a file or a shipped config name) with `key=value` overrides; returns the encoder path."""
+    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    runner = build_pretrain_runner(cfg)
+    runner.train()
+    path = Path(runner.work_dir) / "encoder.safetensors"
+    if is_main_process():
+        export_encoder(runner, cfg)
+        runner.logger.info(f"encoder written to {path}")
+    return path

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer
+
+from engine import batch_plan, load_config
+from engine.hooks import PlainCheckpointHook, RunningMeans, epoch_seed
+from engine.runner import iterations_per_epoch
+
+
+def test_plain_checkpoint_round_trip_loads_with_weights_only(tmp_path):
+    buffer = HistoryBuffer([1.5, 2.5], [1, 2])
+    checkpoint = {
+        "meta": {"epoch": 1, "eta": np.float64(3.0)},
+        "message_hub": {"log_scalars": {"train/loss": buffer}, "runtime_info": {"eta": np.float64(2.0)},
+                        "resumed_keys": {"train/loss": True}},
+        "state_dict": {"w": torch.ones(2)},
+    }
+    hook = PlainCheckpointHook()
+    hook.before_save_checkpoint(None, checkpoint)
+    torch.save(checkpoint, tmp_path / "c.pth")
+    loaded = torch.load(tmp_path / "c.pth", weights_only=True)  # no allow-list needed
+    hook.after_load_checkpoint(None, loaded)
+    restored = loaded["message_hub"]["log_scalars"]["train/loss"]
+    assert isinstance(restored, HistoryBuffer)
+    np.testing.assert_array_equal(restored.data[0], buffer.data[0])
+    np.testing.assert_array_equal(restored.data[1], buffer.data[1])
+    assert loaded["meta"]["eta"] == 3.0 and loaded["message_hub"]["runtime_info"]["eta"] == 2.0
+
+
+def test_running_means_average_and_reset():
+    means = RunningMeans()
+    means.add({"loss": torch.tensor(1.0), "acc": torch.tensor(0.5)})
+    means.add({"loss": torch.tensor(3.0), "acc": torch.tensor(0.0)})
+    assert {k: v.item() for k, v in means.pop().items()} == {"loss": 2.0, "acc": 0.25}
+    assert means.pop() == {}
+
+
+def test_epoch_seeds_differ_by_epoch_and_rank_and_repeat():
+    seeds = {epoch_seed(0, e, r) for e in range(4) for r in range(4)}
+    assert len(seeds) == 16 and epoch_seed(0, 3, 1) == epoch_seed(0, 3, 1)
+
+
+def test_batch_plan_and_its_error():
+    assert batch_plan(4096, 256, 8) == 2 and batch_plan(64, 64, 1) == 1
+    with pytest.raises(ValueError, match=r"effective_batch=4096 is not a multiple of batch_size=96 x 8"):
+        batch_plan(4096, 96, 8)
+
+
+def test_iterations_per_epoch_counts_drop_last_per_rank():
+    assert iterations_per_epoch(1000, 64, 1) == 15 and iterations_per_epoch(1000, 64, 4) == 3
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        iterations_per_epoch(10, 64, 1)
+
+
+def test_override_of_an_unknown_key_names_it_and_suggests(tmp_path):
+    path = tmp_path / "c.py"
+    path.write_text("optim = dict(base_lr=1.0, weight_decay=0.05)\nseed = 0\n")
+    assert load_config(path, {"optim.base_lr": 2.0}).optim.base_lr == 2.0
+    with pytest.raises(ValueError, match=r"'optim.baselr': no key 'baselr' at optim .*did you mean 'base_lr'"):
+        load_config(path, {"optim.baselr": 2.0})
+
+
+def test_missing_config_lists_shipped_ones(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    with pytest.raises(FileNotFoundError, match="shipped configs .*: a"):
+        load_config("nope", configs_dir=tmp_path)
+    assert load_config("a", configs_dir=tmp_path).x == 1
