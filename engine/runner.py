@@ -4,6 +4,7 @@ that load with torch's safe `weights_only=True` (for resume too).
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mmengine.config import Config
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
@@ -101,6 +103,12 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     accumulation = batch_plan(spec.effective_batch, spec.batch_size, world_size)
     steps_per_epoch = iterations_per_epoch(len(dataset), spec.batch_size, world_size)
     cuda = torch.cuda.is_available()
+    cfg = copy.deepcopy(cfg) if cfg is not None else Config()
+    if launcher == "pytorch" and not cuda:
+        # mmengine's launcher always selects a CUDA device; on CPUs (gloo) start the group here, DDP without devices
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     dataloader = dict(
         dataset=dataset, batch_size=spec.batch_size, num_workers=spec.num_workers, pin_memory=cuda,
         persistent_workers=False, drop_last=True, sampler=dict(type="DefaultSampler", shuffle=True),

@@ -14,15 +14,15 @@ def test_torchrun_two_processes(tmp_path):
     work_dir = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "benchmarks.cli", "pretrain", "droppos_tiny_synth", f"data.root={tmp_path / 'data'}",
-               f"work_dir={work_dir}", "model.img_size=64", "schedule.epochs=1", "batch_size=8",
+               f"work_dir={work_dir}", "model.img_size=64", "schedule.epochs=2", "batch_size=8",
                "effective_batch=32", "log_interval=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "world_size: 2" in result.stdout + result.stderr
-    state = torch.load(work_dir / "epoch_1.pth", weights_only=True)
+    assert "Distributed training: True" in result.stdout + result.stderr
+    state = torch.load(work_dir / "epoch_2.pth", weights_only=True)
     steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
-    assert steps == {2}, "4 iterations of 8 images x 2 processes with 2 accumulation steps = 2 optimizer steps"
+    assert steps == {4}, "8 iterations of 8 images x 2 processes with 2 accumulation steps = 4 optimizer steps"
     encoder, report = load_model(work_dir / "encoder.safetensors")
     assert not report.missing and encoder.config["img_size"] == [64, 64]
     assert not list(work_dir.glob(".*.tmp")), "temporary checkpoint files left behind"
