@@ -74,14 +74,19 @@ class DropPos(VisionTransformer):
             x = block(x, self.grid_size)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
-    @torch.no_grad()
     def attentive_weights(self, images: torch.Tensor, ids_visible: torch.Tensor) -> torch.Tensor:
         """Paper Eq. 9 at the visible patches, renormalised per image: softmax over all patches of
-        cos([CLS], patch) / tau, from a no-grad forward of the current encoder with every position."""
-        tokens = self.forward_tokens(images).float()
-        affinity = F.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1).div(self.tau).softmax(dim=-1)
-        weights = affinity.gather(1, ids_visible)
-        return weights / weights.sum(dim=1, keepdim=True)
+        cos([CLS], patch) / tau, from a forward of the current encoder with every position.
+
+        The forward runs in inference mode (no autograd records at all; bf16 under the training autocast); the
+        small (B, K) result is cloned out of it so the loss can use it.
+        """
+        with torch.inference_mode():
+            tokens = self.forward_tokens(images).float()
+            affinity = F.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1).div(self.tau).softmax(dim=-1)
+            weights = affinity.gather(1, ids_visible)
+            weights = weights / weights.sum(dim=1, keepdim=True)
+        return weights.clone()
 
     def forward(self, images: torch.Tensor, smoothing: torch.Tensor,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

@@ -7,7 +7,10 @@ import torch
 def random_split(batch: int, length: int, keep: int, device: torch.device,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample random (kept, rest) index sets of sizes (keep, length - keep): argsort of uniform noise."""
-    order = torch.rand(batch, length, device=device, generator=generator).argsort(dim=1)
+    # generator=None spelled out breaks torch.compile with a dynamic batch size, so it is only passed when given
+    noise = (torch.rand(batch, length, device=device) if generator is None
+             else torch.rand(batch, length, device=device, generator=generator))
+    order = noise.argsort(dim=1)
     return order[:, :keep], order[:, keep:]
 
 

@@ -1,0 +1,195 @@
+"""Training-step throughput of our DropPos step against a reference step written the way the authors' code runs.
+
+    python benchmarks/pretrain_throughput.py --size base --batch 64 128 256            # cuda: bf16, MFU
+    python benchmarks/pretrain_throughput.py --size tiny --batch 8 32 --steps 3        # CPU: fp32
+
+One step is forward + backward + AdamW on the same model object and optimizer. The reference differs from ours
+only in the implementation choices of the public code: fp32, the position mask token repeated to
+[B, 37 * B, D] (sized by a host-synced count) and placed by boolean indexing, `.item()` of the loss and the
+accuracy plus `cuda.synchronize()` every step. Before timing, both compute the loss on the same masks in fp32
+and must agree. Prints the best images/s of each over alternating rounds, the ratio ours / reference, and on
+cuda the model FLOPs utilisation against the GPU's dense bf16 peak.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from backbone import build_vit
+from pretrain import DropPos, position_loss, position_smoothing
+
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
+SIGMA = 1.0  # the paper's sigma0; the table's values do not change the cost
+
+Step = Callable[[], None]
+
+
+def reference_loss(model: DropPos, images: torch.Tensor, smoothing: torch.Tensor,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Our model's loss computed as the public code computes it: fp32, mask token via repeat + boolean indexing."""
+    ids_visible, dropped = model.mask(images.shape[0], model.mask_ratio, model.pos_mask_ratio, images.device,
+                                      generator)
+    x = model.patch_embed(images).flatten(1, 2)
+    batch, dim = x.shape[0], x.shape[-1]
+    index = ids_visible.unsqueeze(-1).expand(-1, -1, dim)
+    pos = model.pos_embed[:, 1:].expand(batch, -1, -1).gather(1, index).clone()
+    num_dropped = int(dropped.sum())  # host sync; the repeat below is [B, 37 * B, D]: memory grows with B^2
+    mask_tokens = model.mask_pos_token.repeat(batch, num_dropped, 1)
+    pos[dropped] = mask_tokens.reshape(-1, dim)[:num_dropped]
+    logits = model.decode(model.encode_patches(x.gather(1, index) + pos))
+    weights = dropped.float()
+    if model.tau is not None:
+        with torch.no_grad():
+            tokens = model.forward_tokens(images)
+            tokens = F.normalize(tokens, dim=-1)
+            affinity = torch.einsum("bd,bnd->bn", tokens[:, 0], tokens[:, 1:]).div(model.tau).softmax(dim=-1)
+            attentive = affinity.gather(1, ids_visible)
+            weights = weights * attentive / attentive.sum(dim=1, keepdim=True)
+    return position_loss(logits, ids_visible, weights, smoothing)
+
+
+def reference_step(model: DropPos, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                   smoothing: torch.Tensor) -> tuple[float, float]:
+    """One fp32 training step with the public code's per-step `.item()` and `cuda.synchronize()`."""
+    out = reference_loss(model, images, smoothing)
+    out["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss, acc = out["loss"].item(), out["position_acc"].item()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    return loss, acc
+
+
+def our_step(model: DropPos, optimizer: torch.optim.Optimizer, images: torch.Tensor, smoothing: torch.Tensor,
+             amp: bool) -> None:
+    """One training step as our pre-training runs it: optional bf16 autocast, no host sync."""
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with autocast:
+        out = model(images, smoothing)
+    out["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def check_reference(model: DropPos, images: torch.Tensor, smoothing: torch.Tensor) -> None:
+    """Both losses and accuracies on identical masks in fp32 must agree, or the comparison is not honest."""
+    ours = model(images, smoothing, torch.Generator(images.device).manual_seed(0))
+    ref = reference_loss(model, images, smoothing, torch.Generator(images.device).manual_seed(0))
+    torch.testing.assert_close(torch.stack([ref["loss"], ref["position_acc"]]).detach(),
+                               torch.stack([ours["loss"], ours["position_acc"]]).detach(), rtol=1e-4, atol=1e-6,
+                               msg=lambda m: f"reference step disagrees with ours (loss, acc): {m}")
+
+
+def step_flops(step: Step) -> int:
+    """FLOPs (2 per multiply-add) of one training step, counted on the real step, no-grad forward included."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def images_per_second(step: Step, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+    """Mean throughput over `steps` after `warmup` steps; synchronises only at the ends of the timed loop."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
+    """Dense bf16 peak FLOP/s of this GPU (table by name), the override, or None when unknown."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def parse_args() -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="base" if cuda else "tiny", choices=("tiny", "small", "base", "large"))
+    parser.add_argument("--depth", type=int, help="override the encoder depth (quick CPU runs)")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64] if cuda else [16], help="run each")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds alternating the two steps; best kept")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--tau", type=float, default=0.1, help="attentive reconstruction temperature; inf: off")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast in our step (default: on for cuda, off on cpu)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our model (model.compile())")
+    parser.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s for the MFU (default: table)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    amp = device.type == "cuda" if args.amp is None else args.amp
+    torch.manual_seed(0)
+    depth = {} if args.depth is None else {"depth": args.depth}
+    model = build_vit(args.size, model_class=DropPos, img_size=args.img_size, tau=args.tau, **depth).to(device)
+    model.train()
+    smoothing = position_smoothing("paper", model.grid_size, args.img_size, SIGMA).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1.5e-4,
+                                  betas=(0.9, 0.95), weight_decay=0.05)
+    images = torch.randn(min(args.batch), 3, args.img_size, args.img_size, device=device)
+    check_reference(model, images, smoothing)
+    peak = peak_flops(device, args.peak_tflops)
+    # FLOPs are linear in the batch: count once, on the eager step (before compiling)
+    flops_per_image = step_flops(lambda: our_step(model, optimizer, images, smoothing, amp)) / images.shape[0]
+    if args.compile:  # static shapes: one graph per batch size (a symbolic batch breaks the masking's rand)
+        model.compile(dynamic=False)
+
+    mode = ("bf16" if amp else "fp32") + (" compiled" if args.compile else "")
+    tau = "off" if model.tau is None else f"tau {model.tau:g}"
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else (  # load: others share the cores
+        f"CPU x{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(f"DropPos ViT-{args.size}/{model.patch_embed.patch_size[0]} depth {model.num_layers}, "
+          f"{args.img_size} px, attentive {tau}; ours {mode} vs reference fp32; {hardware}")
+    print("  reference loss == ours on identical masks (fp32): ok")
+    header = f"  {'batch':>5} {'ours img/s':>11} {'ref img/s':>10} {'ours/ref':>8} {'GFLOP/img':>10}"
+    print(header + (f" {'MFU ours':>8} {'MFU ref':>8}" if peak else ""))
+    for batch in args.batch:
+        images = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
+        steps: dict[str, Step] = {
+            "ours": lambda images=images: our_step(model, optimizer, images, smoothing, amp),
+            "reference": lambda images=images: reference_step(model, optimizer, images, smoothing),
+        }
+        rates = {name: 0.0 for name in steps}
+        try:
+            for i in range(args.rounds):  # alternating rounds, best of each: order and load drift cancel out
+                for name, step in steps.items():
+                    rate = images_per_second(step, batch, args.steps, 2 if i == 0 else 0, device)
+                    rates[name] = max(rates[name], rate)
+        except torch.OutOfMemoryError:
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+        ref = f"{rates['reference']:10.1f}" if rates["reference"] else f"{'OOM':>10}"
+        ratio = rates["ours"] / rates["reference"] if rates["reference"] else math.nan
+        line = f"  {batch:>5} {rates['ours']:11.1f} {ref} {ratio:8.3f} {flops_per_image / 1e9:10.2f}"
+        if peak:
+            line += "".join(f" {flops_per_image * rates[n] / peak:8.1%}" for n in ("ours", "reference"))
+        print(line, flush=True)
+    if device.type == "cpu":
+        print("  (on cpu the counter misses scaled_dot_product_attention; GFLOP/img counts the linear layers)")
+
+
+if __name__ == "__main__":
+    main()
