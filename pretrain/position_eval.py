@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -85,18 +86,11 @@ def position_counts(
     return correct.cpu(), counted.cpu()
 
 
-def position_accuracy_grid(
-    model: DropPos,
-    batches: Iterable[torch.Tensor | Sequence[torch.Tensor]],
-    mask_ratios: Sequence[float] = MASK_RATIOS,
-    pos_mask_ratios: Sequence[float] = POS_MASK_RATIOS,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: Callable[[Iterable], Iterable] | None = None,
-) -> torch.Tensor:
+def position_accuracy_grid(model: DropPos, batches: Iterable[torch.Tensor | Sequence[torch.Tensor]],
+                           *args: Any, **kwargs: Any) -> torch.Tensor:
     """Top-1 accuracy (%) of the dropped positions, rows gamma x columns gamma_pos: paper Tab. S3 (NaN
-    where a case drops no position, e.g. gamma_pos=0, or there is no data)."""
-    correct, counted = position_counts(model, batches, mask_ratios, pos_mask_ratios, seed, device, progress)
+    where a case drops no position, e.g. gamma_pos=0, or there is no data). Further arguments as for position_counts."""
+    correct, counted = position_counts(model, batches, *args, **kwargs)
     return 100.0 * correct.double() / counted.double()
 
 
