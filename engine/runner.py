@@ -51,23 +51,23 @@ class TrainRunner(Runner):
 
 @dataclass
 class TrainSpec:
-    """What every task decides before building its Runner (the rest is shared)."""
+    """What every task decides before building its Runner (the rest is shared); values come from its config."""
 
     work_dir: str
     epochs: int
     batch_size: int
     effective_batch: int
-    warmup_epochs: float = 0.0
-    warmup_iters: int | None = None
-    min_lr: float = 0.0
-    precision: str = "fp32"
-    clip_grad: float | None = None
-    num_workers: int = 4
-    log_interval: int = 50
-    checkpoint_interval: int = 1
-    max_keep_checkpoints: int = 2
-    seed: int = 0
-    resume: bool | str = False
+    warmup_epochs: float
+    warmup_iters: int | None
+    min_lr: float
+    precision: str
+    clip_grad: float | None
+    num_workers: int
+    log_interval: int
+    checkpoint_interval: int
+    max_keep_checkpoints: int
+    seed: int
+    resume: bool | str
     custom_hooks: list[Hook] = field(default_factory=list)
 
 
