@@ -74,7 +74,7 @@ def smoke_check_backbone(data: Path, size: int, out: Path) -> dict[str, Any]:
                 images_per_s=round(len(images) / seconds, 1), checkpoint=str(path))
 
 
-def pretrain_tiny_droppos(data: Path, size: int, out: Path) -> dict[str, Any]:
+def pretrain_tiny_droppos(data: Path, size: int, out: Path, train_images: int) -> dict[str, Any]:
     """A few epochs of the tiny DropPos recipe on the demo scenes, then its Tab. S3 grid on the val split."""
     from engine import load_config
     from pretrain.build import load_droppos
@@ -82,9 +82,9 @@ def pretrain_tiny_droppos(data: Path, size: int, out: Path) -> dict[str, Any]:
     from pretrain.position_eval import position_accuracy_grid
     from pretrain.train import CONFIGS_DIR, build_pretrain_runner, export_encoder
 
-    epochs = 4
+    epochs, batch = 4, min(16, train_images)
     cfg = load_config("droppos_tiny_synth", {"data.root": str(data), "work_dir": str(out / "pretrain_droppos"),
-                                             "model.img_size": size, "batch_size": 16, "effective_batch": 16,
+                                             "model.img_size": size, "batch_size": batch, "effective_batch": batch,
                                              "schedule.epochs": epochs, "log_interval": 3}, configs_dir=CONFIGS_DIR)
     runner = build_pretrain_runner(cfg)
     runner.train()
@@ -106,7 +106,7 @@ def run_demo(out: Path, images: int, size: int, seed: int) -> dict[str, Any]:
     summary: dict[str, Any] = {"data": str(data), "layouts": check_layouts(data)}
     log.info("layouts read back: %s", summary["layouts"])
     summary["backbone"] = smoke_check_backbone(data, size, out)
-    summary["pretrain"] = pretrain_tiny_droppos(data, size, out)
+    summary["pretrain"] = pretrain_tiny_droppos(data, size, out, summary["layouts"]["imagenet_train"])
     summary["seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(out / "demo_summary.json", summary)
     print_summary(summary, out)
