@@ -40,6 +40,12 @@ def run_pretrain_command(args: argparse.Namespace) -> None:
     run_pretrain(args.config, args.overrides)
 
 
+def run_finetune_command(args: argparse.Namespace) -> None:
+    from cls.finetune import run_finetune
+
+    print(f"metrics: {run_finetune(args.config, args.overrides)}")
+
+
 def run_posacc_command(args: argparse.Namespace) -> None:
     from pretrain.posacc import run_posacc
 
@@ -106,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     posacc.add_argument("--allow-pickle", action="store_true",
                         help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
     posacc.set_defaults(func=run_posacc_command)
+
+    cls = sub.add_parser("cls", help="classification benchmarks").add_subparsers(dest="cls_command", required=True)
+    finetune = cls.add_parser("finetune", help="fine-tune a pre-trained ViT end to end on an ImageNet-layout folder")
+    finetune.add_argument("config", help="config file, or the name of a shipped one (cls/configs/), "
+                                         "e.g. finetune_vit_base_100ep")
+    finetune.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
+                          help="e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=...")
+    finetune.set_defaults(func=run_finetune_command)
     return parser
 
 

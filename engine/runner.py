@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from mmengine.config import Config
 from mmengine.dist import master_only
+from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
@@ -80,8 +81,9 @@ def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int) -> 
     return steps
 
 
-def lr_schedule(spec: TrainSpec, steps_per_epoch: int) -> list[dict]:
-    """Linear warmup then cosine to min_lr, in iterations; warmup given in epochs or iterations."""
+def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float) -> list[dict]:
+    """Linear warmup then cosine, in iterations; warmup given in epochs or iterations. Every parameter group
+    ends at min_lr / peak_lr of its own peak, so layer-wise lr decay keeps its ratios to the end (as MAE)."""
     total = spec.epochs * steps_per_epoch
     warmup = spec.warmup_iters if spec.warmup_iters is not None else round(spec.warmup_epochs * steps_per_epoch)
     if not 0 <= warmup < total:
@@ -89,15 +91,20 @@ def lr_schedule(spec: TrainSpec, steps_per_epoch: int) -> list[dict]:
     schedule = []
     if warmup:
         schedule.append(dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup))
-    schedule.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min=spec.min_lr, by_epoch=False,
-                         begin=warmup, end=total))
+    schedule.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min_ratio=spec.min_lr / peak_lr,
+                         by_epoch=False, begin=warmup, end=total))
     return schedule
 
 
 def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.data.Dataset,
                        optimizer: torch.optim.Optimizer, experiment_name: str, cfg: Any = None,
-                       launcher: str | None = None) -> TrainRunner:
-    """An epoch-based Runner for `model` on `dataset` with `optimizer` (whose lr already is the peak lr)."""
+                       launcher: str | None = None, val_dataset: torch.utils.data.Dataset | None = None,
+                       val_metric: BaseMetric | None = None, best_metric: str | None = None) -> TrainRunner:
+    """An epoch-based Runner for `model` on `dataset` with `optimizer` (whose lr already is the peak lr).
+
+    With `val_dataset` and `val_metric` it evaluates after every epoch and keeps the checkpoint with the highest
+    `best_metric` as best_<metric>_epoch_N.pth.
+    """
     launcher = launcher or distributed_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     accumulation = batch_plan(spec.effective_batch, spec.batch_size, world_size)
@@ -119,13 +126,23 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     default_hooks = dict(
         logger=dict(type="LoggerHook", interval=spec.log_interval, ignore_last=False),
         checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval, by_epoch=True,
-                        max_keep_ckpts=spec.max_keep_checkpoints, save_last=True),
+                        max_keep_ckpts=spec.max_keep_checkpoints, save_last=True,
+                        save_best=best_metric, rule="greater" if best_metric else None),
     )
+    validation = {}
+    if val_dataset is not None:
+        validation = dict(
+            val_dataloader=dict(dataset=val_dataset, batch_size=spec.batch_size, num_workers=spec.num_workers,
+                                pin_memory=cuda, sampler=dict(type="DefaultSampler", shuffle=False),
+                                collate_fn=dict(type="default_collate")),
+            val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(val_metric),
+        )
     hooks = [EpochSeedHook(spec.seed), DeviceLogHook(spec.log_interval), PlainCheckpointHook(), *spec.custom_hooks]
     return TrainRunner(
         model=model, work_dir=spec.work_dir, experiment_name=experiment_name, train_dataloader=dataloader,
-        train_cfg=dict(by_epoch=True, max_epochs=spec.epochs), optim_wrapper=optim_wrapper,
-        param_scheduler=lr_schedule(spec, steps_per_epoch), default_hooks=default_hooks, custom_hooks=hooks,
+        train_cfg=dict(by_epoch=True, max_epochs=spec.epochs, val_interval=1), optim_wrapper=optim_wrapper,
+        param_scheduler=lr_schedule(spec, steps_per_epoch, optimizer.defaults["lr"]), default_hooks=default_hooks,
+        custom_hooks=hooks, **validation,
         launcher=launcher, resume=bool(spec.resume), load_from=spec.resume if isinstance(spec.resume, str) else None,
         randomness=dict(seed=spec.seed),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if cuda else "gloo")),

@@ -8,13 +8,13 @@ import torch
 from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel, is_model_wrapper
+from mmengine.model import is_model_wrapper
 from mmengine.runner import set_random_seed
 from timm.optim import param_groups_weight_decay
 
 from backbone import export_checkpoint
 from engine import build_train_runner, load_config
-from engine.hooks import RunningMeans
+from engine.hooks import DeviceLoggedModel
 from engine.runner import TrainSpec
 
 from .build import build_pretrain_model
@@ -27,17 +27,12 @@ CONFIGS_DIR = Path(__file__).parent / "configs"
 MODEL_PREFIX = "net."
 
 
-class PretrainModel(BaseModel):
-    """The Runner's view of DropPos / MAE: batches in, losses out; metrics stay on the device.
-
-    Losses and metrics are summed on the device (`running_means`) and read once per log interval by
-    DeviceLogHook, so a training step never waits for the host.
-    """
+class PretrainModel(DeviceLoggedModel):
+    """The Runner's view of DropPos / MAE: batches in, losses and metrics (kept on the device) out."""
 
     def __init__(self, net: DropPos | MAE):
-        super().__init__(data_preprocessor=dict(type="BaseDataPreprocessor", non_blocking=True))
+        super().__init__()
         self.net = net
-        self.running_means = RunningMeans()
         self.smoothing: torch.Tensor | None = None  # DropPos soft-target table, set by SigmaHook every iteration
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
@@ -47,10 +42,6 @@ class PretrainModel(BaseModel):
         if isinstance(self.net, DropPos):
             return self.net(images, self.smoothing)
         return self.net(images)
-
-    def parse_losses(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        self.running_means.add(losses)
-        return losses["loss"], {}
 
 
 def _unwrap(model: torch.nn.Module) -> PretrainModel:

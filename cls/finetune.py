@@ -1,0 +1,128 @@
+"""`droppos-bench cls finetune`: end-to-end fine-tuning of a pre-trained ViT with the MAE / DropPos recipe."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.runner import set_random_seed
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch import nn
+
+from backbone import VisionTransformer, build_vit, load_pretrained, param_groups_layer_decay
+from backbone.safe_io import write_json_atomic
+from engine import build_train_runner, load_config
+from engine.hooks import DeviceLoggedModel
+from engine.runner import TrainSpec
+from pretrain.data import eval_transform, image_folder
+
+from .data import build_mixup, train_transform
+from .metric import TopKAccuracy
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+log = logging.getLogger("droppos_bench")
+HEAD_INIT_STD = 2e-5  # MAE: a near-zero head keeps the pre-trained features intact early in fine-tuning
+
+
+class ClassifierModel(DeviceLoggedModel):
+    """The Runner's view of a ViT classifier: Mixup/CutMix and the soft-target loss in training, logits in eval."""
+
+    def __init__(self, net: VisionTransformer, mixup: nn.Module | None, smoothing: float, precision: str):
+        super().__init__()
+        self.net, self.mixup, self.bf16 = net, mixup, precision == "bf16"
+        self.criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(smoothing)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, mode: str = "loss") -> Any:
+        if mode == "loss":
+            targets = labels
+            if self.mixup is not None:
+                images, targets = self.mixup(images, labels)
+            return {"loss": self.criterion(self.net(images), targets)}
+        if mode == "predict":  # training autocasts through the optimizer wrapper; evaluation here
+            with torch.autocast(images.device.type, torch.bfloat16, enabled=self.bf16):
+                logits = self.net(images)
+            return [{"logits": logits.float(), "labels": labels}]
+        raise ValueError(f"mode={mode!r}; expected 'loss' or 'predict'")
+
+
+class MetricsFileHook(Hook):
+    """After every evaluation, write the epoch's top-1 / top-5 and the best top-1 so far to metrics.json.
+
+    Rows of earlier epochs already in the file are kept, so a resumed run still reports the best of all epochs.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
+        if not metrics or not is_main_process():
+            return
+        earlier = json.loads(self.path.read_text())["history"] if self.path.is_file() else []
+        history = [row for row in earlier if row["epoch"] < runner.epoch] + [dict(epoch=runner.epoch, **metrics)]
+        best = max(history, key=lambda row: row["top1"])
+        write_json_atomic(self.path, dict(last=history[-1], best=best, history=history))
+
+
+def build_classifier(cfg: Config, num_classes: int) -> VisionTransformer:
+    """The ViT of `cfg.model` with a fresh head, loaded from `cfg.ckpt` (only head / fc_norm may be missing)."""
+    kwargs = dict(cfg.model)
+    size = kwargs.pop("size")
+    set_random_seed(cfg.seed)
+    net = build_vit(size, num_classes=num_classes, **kwargs)
+    if cfg.ckpt:
+        report = load_pretrained(net, cfg.ckpt, allowed_missing=("head", "fc_norm"), allow_pickle=cfg.allow_pickle)
+        log.info("%s", report)
+    nn.init.trunc_normal_(net.head.weight, std=HEAD_INIT_STD)
+    nn.init.zeros_(net.head.bias)
+    return net
+
+
+def train_spec(cfg: Config, work_dir: str) -> TrainSpec:
+    """The Runner settings a fine-tuning config holds."""
+    schedule = cfg.schedule
+    return TrainSpec(
+        work_dir=work_dir, epochs=schedule.epochs, batch_size=cfg.batch_size, effective_batch=cfg.effective_batch,
+        warmup_epochs=schedule.warmup_epochs, warmup_iters=schedule.warmup_iters, min_lr=schedule.min_lr,
+        precision=cfg.precision, clip_grad=cfg.optim.clip_grad, num_workers=cfg.data.num_workers,
+        log_interval=cfg.log_interval, checkpoint_interval=cfg.checkpoint.interval,
+        max_keep_checkpoints=cfg.checkpoint.max_keep, seed=cfg.seed, resume=cfg.resume,
+    )
+
+
+def build_finetune_runner(cfg: Config):
+    """Data, model, layer-decayed AdamW and top-1/top-5 evaluation of a fine-tuning config, as a Runner."""
+    img_size = cfg.model.img_size
+    train = image_folder(cfg.data.root, "train", train_transform(img_size, cfg.aug))
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size))
+    if train.classes != val.classes:
+        raise ValueError(f"{cfg.data.root}: train and val have different class folders")
+    net = build_classifier(cfg, len(train.classes))
+    if cfg.compile:
+        net.compile()
+    lr = cfg.optim.base_lr * cfg.effective_batch / 256
+    groups = param_groups_layer_decay(net, lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers)
+    # head group first: mmengine logs the lr of the first group
+    optimizer = torch.optim.AdamW(groups[::-1], lr=lr, betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
+    model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
+    work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
+    runner = build_train_runner(train_spec(cfg, work_dir), model, train, optimizer, experiment_name=cfg.config_name,
+                                cfg=cfg, val_dataset=val, val_metric=TopKAccuracy(), best_metric="top1")
+    runner.register_hook(MetricsFileHook(Path(work_dir) / "metrics.json"))
+    runner.logger.info(f"fine-tuning ViT-{cfg.model.size} on {len(train)} images / {len(train.classes)} classes, "
+                       f"effective batch {cfg.effective_batch}, peak lr {lr:.3g}, layer decay {cfg.optim.layer_decay}")
+    return runner
+
+
+def run_finetune(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Fine-tune per `config` with `key=value` overrides; returns the path of metrics.json."""
+    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    runner = build_finetune_runner(cfg)
+    runner.train()
+    return Path(runner.work_dir) / "metrics.json"

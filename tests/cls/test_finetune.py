@@ -1,0 +1,101 @@
+"""Fine-tuning on the mmengine Runner: metric, checkpoint policy, evaluation files, exact resume."""
+import json
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+
+from backbone import CheckpointError, build_vit, export_checkpoint
+from benchmarks.cli import main
+from benchmarks.synthetic import synthesize
+from cls.finetune import CONFIGS_DIR, build_classifier, build_finetune_runner
+from cls.metric import TopKAccuracy
+from engine import load_config
+
+RUN = {"model.img_size": 64, "schedule.epochs": 3, "batch_size": 16, "effective_batch": 32, "log_interval": 1}
+
+
+def test_topk_accuracy_equals_direct_count():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(10, 6), torch.randint(0, 6, (10,))
+    metric = TopKAccuracy((1, 5))
+    metric.process(None, [{"logits": logits[:4], "labels": labels[:4]}])
+    metric.process(None, [{"logits": logits[4:], "labels": labels[4:]}])
+    result = metric.evaluate(10)
+    ranks = (logits > logits.gather(1, labels[:, None])).sum(1)  # how many classes score above the true one
+    assert result["top1"] == pytest.approx(100 * (ranks < 1).float().mean().item())
+    assert result["top5"] == pytest.approx(100 * (ranks < 5).float().mean().item())
+    few = TopKAccuracy((1, 5))
+    few.process(None, [{"logits": torch.randn(3, 2), "labels": torch.tensor([0, 1, 1])}])
+    assert few.evaluate(3)["top5"] == 100.0  # fewer classes than k: every label is within the top 2
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, num_images=80, size=64, seed=0)
+    return root
+
+
+def cfg_for(data, work_dir, **extra):
+    overrides = {"data.root": str(data), "work_dir": str(work_dir), **RUN, **extra}
+    return load_config("finetune_tiny_synth", overrides, configs_dir=CONFIGS_DIR)
+
+
+def test_only_head_and_fc_norm_may_be_missing(tmp_path, data):
+    encoder = build_vit("tiny", img_size=64, depth=4)
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("blocks.3.mlp")}
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"keys missing from the checkpoint: blocks\.3\.mlp"):
+        build_classifier(cfg_for(data, tmp_path, ckpt=str(tmp_path / "partial.pth")), num_classes=8)
+    export_checkpoint(build_vit("small", img_size=64, depth=4), tmp_path / "small.safetensors")
+    with pytest.raises(CheckpointError, match="small.safetensors"):
+        build_classifier(cfg_for(data, tmp_path, ckpt=str(tmp_path / "small.safetensors")), num_classes=8)
+
+
+def test_loads_encoder_with_fresh_small_head(tmp_path, data):
+    torch.manual_seed(1)
+    encoder = build_vit("tiny", img_size=64, depth=4)
+    path = export_checkpoint(encoder, tmp_path / "enc.safetensors")
+    net = build_classifier(cfg_for(data, tmp_path, ckpt=str(path)), num_classes=8)
+    torch.testing.assert_close(net.blocks[2].attn.qkv.weight, encoder.blocks[2].attn.qkv.weight)
+    assert net.head.weight.std() < 1e-4 and net.pos_embed.requires_grad  # MAE head init; pos embed trainable
+    frozen = build_classifier(cfg_for(data, tmp_path, ckpt=str(path), **{"model.pos_embed_trainable": False}), 8)
+    assert not frozen.pos_embed.requires_grad
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAfterEpoch(Hook):
+    priority = "LOWEST"
+
+    def after_train_epoch(self, runner):
+        if runner.epoch + 1 == 2:
+            raise Interrupt
+
+
+def test_finetune_writes_metrics_best_checkpoint_and_resumes_exactly(tmp_path, data):
+    full = tmp_path / "full"
+    args = [f"{k}={v}" for k, v in {"data.root": data, "work_dir": full, **RUN}.items()]
+    assert main(["cls", "finetune", "finetune_tiny_synth", *args]) == 0
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3]
+    assert {"top1", "top5"} <= set(metrics["last"]) and metrics["best"]["top1"] == max(
+        row["top1"] for row in metrics["history"])
+    assert len(list(full.glob("best_top1_epoch_*.pth"))) == 1
+
+    runner = build_finetune_runner(cfg_for(data, tmp_path / "split"))
+    runner.register_hook(InterruptAfterEpoch())
+    with pytest.raises(Interrupt):
+        runner.train()
+    resumed = build_finetune_runner(cfg_for(data, tmp_path / "split", resume=True))
+    resumed.train()
+    ours = torch.load(tmp_path / "split" / "epoch_3.pth", weights_only=True)["state_dict"]
+    reference = torch.load(full / "epoch_3.pth", weights_only=True)["state_dict"]
+    for key, value in reference.items():
+        assert torch.equal(ours[key], value), key
+    split = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    assert [row["epoch"] for row in split["history"]] == [1, 3]  # interrupted before epoch 2's evaluation
+    assert split["history"][0] == metrics["history"][0] and split["last"] == metrics["last"]
