@@ -1,0 +1,29 @@
+"""Every shipped fine-tuning config loads, states its batch semantics, and builds its ViT."""
+import pytest
+import torch
+
+from backbone import build_vit
+from cls.finetune import CONFIGS_DIR
+from engine import load_config
+
+SHIPPED = sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_config_loads_and_builds(name):
+    cfg = load_config(name, configs_dir=CONFIGS_DIR)
+    assert cfg.effective_batch % cfg.batch_size == 0
+    kwargs = dict(cfg.model)
+    with torch.device("meta"):
+        model = build_vit(kwargs.pop("size"), num_classes=1000, **kwargs)
+    assert model.pos_embed.requires_grad and model.config["global_pool"] == "avg"
+
+
+def test_paper_recipe_values():
+    base = load_config("finetune_vit_base_100ep", configs_dir=CONFIGS_DIR)
+    assert (base.effective_batch, base.optim.base_lr, base.optim.layer_decay, base.schedule.epochs) == (
+        1024, 1e-3, 0.75, 100)
+    assert (base.aug.mixup, base.aug.cutmix, base.aug.smoothing, base.aug.reprob) == (0.8, 1.0, 0.1, 0.25)
+    assert (base.model.drop_path_rate, base.schedule.warmup_epochs) == (0.1, 5)
+    large = load_config("finetune_vit_large_50ep", configs_dir=CONFIGS_DIR)
+    assert (large.model.size, large.schedule.epochs, large.model.drop_path_rate) == ("large", 50, 0.2)
