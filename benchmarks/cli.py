@@ -46,6 +46,12 @@ def run_finetune_command(args: argparse.Namespace) -> None:
     print(f"metrics: {run_finetune(args.config, args.overrides)}")
 
 
+def run_cls_eval_command(args: argparse.Namespace) -> None:
+    from cls.evaluate import run_eval
+
+    run_eval(args.config, args.overrides)
+
+
 def run_posacc_command(args: argparse.Namespace) -> None:
     from pretrain.posacc import run_posacc
 
@@ -120,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
                           help="e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=...")
     finetune.set_defaults(func=run_finetune_command)
+    evaluate = cls.add_parser("eval", help="top-1 / top-5 of a fine-tuned checkpoint on the val split")
+    evaluate.add_argument("config", help="the fine-tuning config (model, data, batch size)")
+    evaluate.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
+                          help="ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
+    evaluate.set_defaults(func=run_cls_eval_command)
     return parser
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from backbone import VisionTransformer, build_vit, load_pretrained, param_groups_layer_decay
 from backbone.safe_io import write_json_atomic
 from engine import build_train_runner, load_config
-from engine.hooks import DeviceLoggedModel
+from engine.hooks import DeviceLoggedModel, ModelMetaHook
 from engine.runner import TrainSpec
 from pretrain.data import eval_transform, image_folder
 
@@ -26,6 +26,7 @@ from .metric import TopKAccuracy
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 log = logging.getLogger("droppos_bench")
+MODEL_PREFIX = "net."
 HEAD_INIT_STD = 2e-5  # MAE: a near-zero head keeps the pre-trained features intact early in fine-tuning
 
 
@@ -70,17 +71,20 @@ class MetricsFileHook(Hook):
         write_json_atomic(self.path, dict(last=history[-1], best=best, history=history))
 
 
-def build_classifier(cfg: Config, num_classes: int) -> VisionTransformer:
-    """The ViT of `cfg.model` with a fresh head, loaded from `cfg.ckpt` (only head / fc_norm may be missing)."""
+def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) -> VisionTransformer:
+    """The ViT of `cfg.model` loaded from `cfg.ckpt`: a pre-trained encoder gets a fresh head (only head /
+    fc_norm may be missing), a fine-tuned checkpoint (`fine_tuned`) must supply every key, its head included."""
     kwargs = dict(cfg.model)
     size = kwargs.pop("size")
     set_random_seed(cfg.seed)
     net = build_vit(size, num_classes=num_classes, **kwargs)
     if cfg.ckpt:
-        report = load_pretrained(net, cfg.ckpt, allowed_missing=("head", "fc_norm"), allow_pickle=cfg.allow_pickle)
+        report = load_pretrained(net, cfg.ckpt, drop_head=not fine_tuned, allow_pickle=cfg.allow_pickle,
+                                 allowed_missing=() if fine_tuned else ("head", "fc_norm"))
         log.info("%s", report)
-    nn.init.trunc_normal_(net.head.weight, std=HEAD_INIT_STD)
-    nn.init.zeros_(net.head.bias)
+    if not fine_tuned:
+        nn.init.trunc_normal_(net.head.weight, std=HEAD_INIT_STD)
+        nn.init.zeros_(net.head.bias)
     return net
 
 
@@ -115,6 +119,7 @@ def build_finetune_runner(cfg: Config):
     runner = build_train_runner(train_spec(cfg, work_dir), model, train, optimizer, experiment_name=cfg.config_name,
                                 cfg=cfg, val_dataset=val, val_metric=TopKAccuracy(), best_metric="top1")
     runner.register_hook(MetricsFileHook(Path(work_dir) / "metrics.json"))
+    runner.register_hook(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     runner.logger.info(f"fine-tuning ViT-{cfg.model.size} on {len(train)} images / {len(train.classes)} classes, "
                        f"effective batch {cfg.effective_batch}, peak lr {lr:.3g}, layer decay {cfg.optim.layer_decay}")
     return runner

@@ -135,3 +135,14 @@ class PlainCheckpointHook(Hook):
             hub["log_scalars"] = {key: HistoryBuffer(value["history"], value["counts"], value["max_length"])
                                   if isinstance(value, dict) else value
                                   for key, value in hub["log_scalars"].items()}
+
+
+class ModelMetaHook(Hook):
+    """Records where the network sits in the Runner model (`prefix`) and how to build it (`model_cfg`) in every
+    checkpoint's meta, so `read_checkpoint`, `load_model` and `load_droppos` read run checkpoints unaided."""
+
+    def __init__(self, prefix: str, model_cfg: dict):
+        self.prefix, self.model_cfg = prefix, model_cfg
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint["meta"]["droppos_bench"] = dict(model_prefix=self.prefix, model=self.model_cfg)

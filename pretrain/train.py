@@ -14,7 +14,7 @@ from timm.optim import param_groups_weight_decay
 
 from backbone import export_checkpoint
 from engine import build_train_runner, load_config
-from engine.hooks import DeviceLoggedModel
+from engine.hooks import DeviceLoggedModel, ModelMetaHook
 from engine.runner import TrainSpec
 
 from .build import build_pretrain_model
@@ -68,16 +68,6 @@ class SigmaHook(Hook):
         runner.message_hub.update_scalar("train/sigma", sigma)
 
 
-class RunMetaHook(Hook):
-    """Records the model config in every checkpoint so `read_checkpoint` / `load_droppos` can rebuild it."""
-
-    def __init__(self, model_cfg: dict[str, Any]):
-        self.model_cfg = model_cfg
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint["meta"]["droppos_bench"] = dict(model_prefix=MODEL_PREFIX, model=self.model_cfg)
-
-
 def train_spec(cfg: Config, work_dir: str, hooks: list[Hook]) -> TrainSpec:
     """The Runner settings a pre-training config holds."""
     schedule = cfg.schedule
@@ -102,7 +92,7 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
     lr = cfg.optim.base_lr * cfg.effective_batch / 256
     optimizer = torch.optim.AdamW(param_groups_weight_decay(net, cfg.optim.weight_decay), lr=lr,
                                   betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
-    hooks: list[Hook] = [RunMetaHook(model_cfg)]
+    hooks: list[Hook] = [ModelMetaHook(MODEL_PREFIX, model_cfg)]
     if isinstance(net, DropPos):
         smoothing = cfg.smoothing
         hooks.append(SigmaHook(smoothing.mode, smoothing.sigma0, smoothing.sigma_t, img_size))

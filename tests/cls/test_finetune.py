@@ -76,7 +76,7 @@ class InterruptAfterEpoch(Hook):
             raise Interrupt
 
 
-def test_finetune_writes_metrics_best_checkpoint_and_resumes_exactly(tmp_path, data):
+def test_finetune_eval_and_exact_resume(tmp_path, data, capsys):
     full = tmp_path / "full"
     args = [f"{k}={v}" for k, v in {"data.root": data, "work_dir": full, **RUN}.items()]
     assert main(["cls", "finetune", "finetune_tiny_synth", *args]) == 0
@@ -85,6 +85,17 @@ def test_finetune_writes_metrics_best_checkpoint_and_resumes_exactly(tmp_path, d
     assert {"top1", "top5"} <= set(metrics["last"]) and metrics["best"]["top1"] == max(
         row["top1"] for row in metrics["history"])
     assert len(list(full.glob("best_top1_epoch_*.pth"))) == 1
+
+    evaluated = tmp_path / "eval"
+    eval_args = [f"data.root={data}", f"work_dir={evaluated}", "model.img_size=64", "batch_size=16"]
+    assert main(["cls", "eval", "finetune_tiny_synth", f"ckpt={full / 'epoch_3.pth'}", *eval_args]) == 0
+    result = json.loads((evaluated / "metrics.json").read_text())
+    assert (result["top1"], result["top5"]) == (metrics["last"]["top1"], metrics["last"]["top5"])
+    encoder_only = tmp_path / "encoder.safetensors"
+    export_checkpoint(build_vit("tiny", img_size=64, depth=4), encoder_only)
+    capsys.readouterr()
+    assert main(["cls", "eval", "finetune_tiny_synth", f"ckpt={encoder_only}", *eval_args]) == 2
+    assert "keys missing from the checkpoint" in capsys.readouterr().err  # no head: not a fine-tuned model
 
     runner = build_finetune_runner(cfg_for(data, tmp_path / "split"))
     runner.register_hook(InterruptAfterEpoch())

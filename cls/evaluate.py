@@ -1,0 +1,48 @@
+"""`droppos-bench cls eval`: top-1 / top-5 of a fine-tuned classifier on the val split, written to metrics.json."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from backbone import VisionTransformer
+from backbone.safe_io import write_json_atomic
+from engine import load_config
+from pretrain.data import eval_transform, image_folder
+
+from .finetune import CONFIGS_DIR, build_classifier
+from .metric import TopKAccuracy
+
+
+def evaluate_classifier(net: VisionTransformer, loader: DataLoader, device: torch.device,
+                        bf16: bool) -> dict[str, float]:
+    """Top-1 / top-5 (%) over the loader; counts stay on the device until the end."""
+    metric = TopKAccuracy()
+    net.eval().to(device)
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        for images, labels in tqdm(loader, desc="eval", unit="batch"):
+            labels = labels.to(device, non_blocking=True)
+            logits = net(images.to(device, non_blocking=True)).float()
+            metric.process(None, [{"logits": logits, "labels": labels}])
+    return metric.evaluate(len(loader.dataset))
+
+
+def run_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Evaluate `ckpt` (a fine-tuned checkpoint, head included) per `config`; returns the metrics.json path."""
+    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    if not cfg.ckpt:
+        raise ValueError("cls eval needs ckpt=PATH: a fine-tuned checkpoint with its classification head")
+    val = image_folder(cfg.data.root, "val", eval_transform(cfg.model.img_size))
+    net = build_classifier(cfg, len(val.classes), fine_tuned=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loader = DataLoader(val, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda")
+    metrics = evaluate_classifier(net, loader, device, bf16=cfg.precision == "bf16" and device.type == "cuda")
+    out = Path(cfg.work_dir or Path("work_dirs") / f"{cfg.config_name}_eval") / "metrics.json"
+    write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), split="val", images=len(val),
+                                **metrics))
+    print(f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  ({len(val)} images) -> {out}")
+    return out
