@@ -60,6 +60,16 @@ def run_posacc_command(args: argparse.Namespace) -> None:
                figure_images=args.figure_images, allow_pickle=args.allow_pickle, device=args.device)
 
 
+def add_config_command(sub: argparse._SubParsersAction, name: str, func, help_text: str, config_help: str,
+                       overrides_help: str) -> None:
+    """A subcommand that takes a config and `key=value` overrides (every training / evaluation job)."""
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
+                        help=f"change config values, {overrides_help}")
+    parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="droppos-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,12 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
     convert.set_defaults(func=run_convert)
 
-    pretrain = sub.add_parser("pretrain", help="pre-train DropPos or MAE on an ImageNet-layout folder (mmengine)")
-    pretrain.add_argument("config", help="config file, or the name of a shipped one (pretrain/configs/), "
-                                         "e.g. droppos_vit_base_200ep or ablations/tab1_gamma_0.50")
-    pretrain.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
-                          help="change config values, e.g. data.root=/data/imagenet schedule.epochs=100")
-    pretrain.set_defaults(func=run_pretrain_command)
+    add_config_command(sub, "pretrain", run_pretrain_command,
+                       "pre-train DropPos or MAE on an ImageNet-layout folder (mmengine)",
+                       "config file, or the name of a shipped one (pretrain/configs/), e.g. droppos_vit_base_200ep "
+                       "or ablations/tab1_gamma_0.50", "e.g. data.root=/data/imagenet schedule.epochs=100")
 
     posacc = sub.add_parser("posacc", help="position accuracy grid of a DropPos checkpoint (paper Tab. S3, Fig. 3)")
     posacc.add_argument("checkpoint", type=Path, help="our pre-training checkpoint (epoch_N.pth) or the authors' "
@@ -120,17 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     posacc.set_defaults(func=run_posacc_command)
 
     cls = sub.add_parser("cls", help="classification benchmarks").add_subparsers(dest="cls_command", required=True)
-    finetune = cls.add_parser("finetune", help="fine-tune a pre-trained ViT end to end on an ImageNet-layout folder")
-    finetune.add_argument("config", help="config file, or the name of a shipped one (cls/configs/), "
-                                         "e.g. finetune_vit_base_100ep")
-    finetune.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
-                          help="e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=...")
-    finetune.set_defaults(func=run_finetune_command)
-    evaluate = cls.add_parser("eval", help="top-1 / top-5 of a fine-tuned checkpoint on the val split")
-    evaluate.add_argument("config", help="the fine-tuning config (model, data, batch size)")
-    evaluate.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
-                          help="ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
-    evaluate.set_defaults(func=run_cls_eval_command)
+    add_config_command(cls, "finetune", run_finetune_command,
+                       "fine-tune a pre-trained ViT end to end on an ImageNet-layout folder",
+                       "config file, or the name of a shipped one (cls/configs/), e.g. finetune_vit_base_100ep",
+                       "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=...")
+    add_config_command(cls, "eval", run_cls_eval_command, "top-1 / top-5 of a fine-tuned checkpoint on the val split",
+                       "the fine-tuning config (model, data, batch size)",
+                       "ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
     return parser
 
 

@@ -88,18 +88,6 @@ def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) ->
     return net
 
 
-def train_spec(cfg: Config, work_dir: str) -> TrainSpec:
-    """The Runner settings a fine-tuning config holds."""
-    schedule = cfg.schedule
-    return TrainSpec(
-        work_dir=work_dir, epochs=schedule.epochs, batch_size=cfg.batch_size, effective_batch=cfg.effective_batch,
-        warmup_epochs=schedule.warmup_epochs, warmup_iters=schedule.warmup_iters, min_lr=schedule.min_lr,
-        precision=cfg.precision, clip_grad=cfg.optim.clip_grad, num_workers=cfg.data.num_workers,
-        log_interval=cfg.log_interval, checkpoint_interval=cfg.checkpoint.interval,
-        max_keep_checkpoints=cfg.checkpoint.max_keep, seed=cfg.seed, resume=cfg.resume,
-    )
-
-
 def build_finetune_runner(cfg: Config):
     """Data, model, layer-decayed AdamW and top-1/top-5 evaluation of a fine-tuning config, as a Runner."""
     img_size = cfg.model.img_size
@@ -116,8 +104,9 @@ def build_finetune_runner(cfg: Config):
     optimizer = torch.optim.AdamW(groups[::-1], lr=lr, betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
     model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
     work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
-    runner = build_train_runner(train_spec(cfg, work_dir), model, train, optimizer, experiment_name=cfg.config_name,
-                                cfg=cfg, val_dataset=val, val_metric=TopKAccuracy(), best_metric="top1")
+    spec = TrainSpec.from_config(cfg, work_dir)
+    runner = build_train_runner(spec, model, train, optimizer, experiment_name=cfg.config_name, cfg=cfg,
+                                val_dataset=val, val_metric=TopKAccuracy(), best_metric="top1")
     runner.register_hook(MetricsFileHook(Path(work_dir) / "metrics.json"))
     runner.register_hook(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     runner.logger.info(f"fine-tuning ViT-{cfg.model.size} on {len(train)} images / {len(train.classes)} classes, "

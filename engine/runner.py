@@ -71,6 +71,19 @@ class TrainSpec:
     resume: bool | str
     custom_hooks: list[Hook] = field(default_factory=list)
 
+    @classmethod
+    def from_config(cls, cfg: Config, work_dir: str, hooks: list[Hook] | None = None) -> TrainSpec:
+        """The Runner settings every task's config holds under the same keys (see a shipped runtime config)."""
+        schedule = cfg.schedule
+        return cls(
+            work_dir=work_dir, epochs=schedule.epochs, batch_size=cfg.batch_size,
+            effective_batch=cfg.effective_batch, warmup_epochs=schedule.warmup_epochs,
+            warmup_iters=schedule.warmup_iters, min_lr=schedule.min_lr, precision=cfg.precision,
+            clip_grad=cfg.optim.clip_grad, num_workers=cfg.data.num_workers, log_interval=cfg.log_interval,
+            checkpoint_interval=cfg.checkpoint.interval, max_keep_checkpoints=cfg.checkpoint.max_keep,
+            seed=cfg.seed, resume=cfg.resume, custom_hooks=list(hooks or []),
+        )
+
 
 def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
     """Steps per epoch of one process with drop_last (mmengine's DefaultSampler pads ranks to equal size)."""

@@ -68,18 +68,6 @@ class SigmaHook(Hook):
         runner.message_hub.update_scalar("train/sigma", sigma)
 
 
-def train_spec(cfg: Config, work_dir: str, hooks: list[Hook]) -> TrainSpec:
-    """The Runner settings a pre-training config holds."""
-    schedule = cfg.schedule
-    return TrainSpec(
-        work_dir=work_dir, epochs=schedule.epochs, batch_size=cfg.batch_size, effective_batch=cfg.effective_batch,
-        warmup_epochs=schedule.warmup_epochs, warmup_iters=schedule.warmup_iters, min_lr=schedule.min_lr,
-        precision=cfg.precision, clip_grad=cfg.optim.clip_grad, num_workers=cfg.data.num_workers,
-        log_interval=cfg.log_interval, checkpoint_interval=cfg.checkpoint.interval,
-        max_keep_checkpoints=cfg.checkpoint.max_keep, seed=cfg.seed, resume=cfg.resume, custom_hooks=hooks,
-    )
-
-
 def build_pretrain_runner(cfg: Config, launcher: str | None = None):
     """Model, data, optimizer and hooks of a pre-training config, assembled into a Runner."""
     model_cfg = dict(cfg.model)
@@ -97,7 +85,7 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
         smoothing = cfg.smoothing
         hooks.append(SigmaHook(smoothing.mode, smoothing.sigma0, smoothing.sigma_t, img_size))
     work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
-    runner = build_train_runner(train_spec(cfg, work_dir, hooks), PretrainModel(net), dataset, optimizer,
+    runner = build_train_runner(TrainSpec.from_config(cfg, work_dir, hooks), PretrainModel(net), dataset, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, launcher=launcher)
     runner.logger.info(f"{model_cfg['arch']} ViT-{model_cfg['size']}: {len(dataset)} images, effective batch "
                        f"{cfg.effective_batch} ({cfg.batch_size} per process), peak lr {lr:.3g} "
