@@ -52,6 +52,12 @@ def run_cls_eval_command(args: argparse.Namespace) -> None:
     run_eval(args.config, args.overrides)
 
 
+def run_posprobe_command(args: argparse.Namespace) -> None:
+    from cls.posprobe import run_posprobe
+
+    print(f"metrics: {run_posprobe(args.config, args.overrides)}")
+
+
 def run_posacc_command(args: argparse.Namespace) -> None:
     from pretrain.posacc import run_posacc
 
@@ -135,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_command(cls, "eval", run_cls_eval_command, "top-1 / top-5 of a fine-tuned checkpoint on the val split",
                        "the fine-tuning config (model, data, batch size)",
                        "ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
+    add_config_command(cls, "posprobe", run_posprobe_command,
+                       "position-sensitivity probe of a frozen backbone (paper Tab. 7)",
+                       "config file or shipped name, e.g. posprobe_vit_base", "ckpt=PATH (required), data.root=...")
     return parser
 
 

@@ -6,10 +6,17 @@ from backbone import build_vit
 from cls.finetune import CONFIGS_DIR
 from engine import load_config
 
-SHIPPED = sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))
+FINETUNE = sorted(p.stem for p in CONFIGS_DIR.glob("finetune_*.py"))
+POSPROBE = sorted(p.stem for p in CONFIGS_DIR.glob("posprobe_*.py"))
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", POSPROBE)
+def test_posprobe_config_states_batch_and_drop_ratio(name):
+    cfg = load_config(name, configs_dir=CONFIGS_DIR)
+    assert cfg.effective_batch % cfg.batch_size == 0 and cfg.model.drop_ratio == 0.75  # the paper's 75%
+
+
+@pytest.mark.parametrize("name", FINETUNE)
 def test_config_loads_and_builds(name):
     cfg = load_config(name, configs_dir=CONFIGS_DIR)
     assert cfg.effective_batch % cfg.batch_size == 0

@@ -1,0 +1,107 @@
+"""`droppos-bench cls posprobe`: paper Tab. 7, how much position a frozen backbone knows.
+
+A linear N-way position head on the patch tokens of a frozen encoder, trained with plain cross-entropy while
+`drop_ratio` of the patches (75% in the paper) lose their position embedding to a learnable mask token. Loss
+and accuracy count the dropped patches only: a patch that keeps its embedding can be placed by reading it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from torch import nn
+
+from backbone import VisionTransformer, load_model
+from engine import build_train_runner, load_config
+from engine.hooks import DeviceLoggedModel
+from engine.runner import TrainSpec
+from pretrain.data import eval_transform, image_folder, pretrain_transform
+from pretrain.masking import random_split
+
+from .finetune import CONFIGS_DIR, MetricsFileHook
+from .metric import TopKAccuracy
+
+
+class PositionProbe(DeviceLoggedModel):
+    """Frozen encoder + trainable position mask token + linear head over the grid's positions."""
+
+    def __init__(self, net: VisionTransformer, drop_ratio: float, seed: int):
+        super().__init__()
+        self.net, self.drop_ratio, self.seed = net.requires_grad_(False).eval(), drop_ratio, seed
+        self.mask_pos_token = nn.Parameter(torch.zeros(1, 1, net.embed_dim))
+        nn.init.normal_(self.mask_pos_token, std=0.02)
+        self.head = nn.Linear(net.embed_dim, net.grid_size[0] * net.grid_size[1])
+        self.val_generator: torch.Generator | None = None
+
+    def train(self, mode: bool = True) -> PositionProbe:
+        """The encoder stays in eval mode (no drop path): only the mask token and the head learn."""
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def logits(self, images: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        """(position logits (B, N, N), dropped (B, N) bool): every patch is seen, `drop_ratio` without position."""
+        x = self.net.patch_embed(images).flatten(1, 2)
+        batch, num = x.shape[:2]
+        _, ids_dropped = random_split(batch, num, num - round(num * self.drop_ratio), x.device, generator)
+        dropped = torch.zeros(batch, num, dtype=torch.bool, device=x.device).scatter_(1, ids_dropped, True)
+        pos = torch.where(dropped.unsqueeze(-1), self.mask_pos_token.to(x.dtype), self.net.pos_embed[:, 1:])
+        tokens = self.net.encode_patches(x + pos)[:, self.net.num_prefix_tokens:]
+        return self.head(tokens), dropped
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, mode: str = "loss") -> Any:
+        if mode == "loss":
+            logits, dropped = self.logits(images, None)
+            targets = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+            per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+            weights = dropped.flatten().float()
+            loss = (per_token * weights).sum() / weights.sum()
+            correct = (logits.detach().argmax(-1) == targets).flatten().float()
+            return {"loss": loss, "position_acc": (correct * weights).sum() / weights.sum()}
+        if mode == "predict":
+            logits, dropped = self.logits(images, self.val_generator)
+            targets = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+            return [{"logits": logits[dropped].float(), "labels": targets[dropped]}]
+        raise ValueError(f"mode={mode!r}; expected 'loss' or 'predict'")
+
+
+class ProbeMasksHook(Hook):
+    """Every evaluation draws the same masks: the val generator restarts from the seed."""
+
+    def before_val_epoch(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        device = model.mask_pos_token.device
+        model.val_generator = torch.Generator(device).manual_seed(model.seed)
+
+
+def build_posprobe_runner(cfg):
+    """Frozen encoder from `cfg.ckpt` (pre-trained or fine-tuned; architecture from its weights), the probe, AdamW."""
+    if not cfg.ckpt:
+        raise ValueError("cls posprobe needs ckpt=PATH (the backbone to probe)")
+    net, report = load_model(cfg.ckpt, allow_pickle=cfg.allow_pickle, img_size=cfg.model.img_size)
+    img_size = cfg.model.img_size
+    train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale))
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size))
+    model = PositionProbe(net, cfg.model.drop_ratio, cfg.seed)
+    lr = cfg.optim.base_lr * cfg.effective_batch / 256
+    params = [model.mask_pos_token, *model.head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
+    runner = build_train_runner(TrainSpec.from_config(cfg, work_dir), model, train, optimizer,
+                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
+                                val_metric=TopKAccuracy(), best_metric="top1")
+    runner.register_hook(ProbeMasksHook())
+    runner.register_hook(MetricsFileHook(Path(work_dir) / "metrics.json"))
+    runner.logger.info(f"position probe of {cfg.ckpt}\n{report}")
+    return runner
+
+
+def run_posprobe(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Train and evaluate the position probe per `config`; returns the metrics.json path."""
+    runner = build_posprobe_runner(load_config(config, overrides, configs_dir=CONFIGS_DIR))
+    runner.train()
+    return Path(runner.work_dir) / "metrics.json"
