@@ -58,6 +58,12 @@ def run_posprobe_command(args: argparse.Namespace) -> None:
     print(f"metrics: {run_posprobe(args.config, args.overrides)}")
 
 
+def run_linprobe_command(args: argparse.Namespace) -> None:
+    from cls.linprobe import run_linprobe
+
+    print(f"metrics: {run_linprobe(args.config, args.overrides)}")
+
+
 def run_posacc_command(args: argparse.Namespace) -> None:
     from pretrain.posacc import run_posacc
 
@@ -141,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_command(cls, "eval", run_cls_eval_command, "top-1 / top-5 of a fine-tuned checkpoint on the val split",
                        "the fine-tuning config (model, data, batch size)",
                        "ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
+    add_config_command(cls, "linprobe", run_linprobe_command,
+                       "linear probe of a frozen backbone (MAE protocol: BN + linear, LARS)",
+                       "config file or shipped name, e.g. linprobe_vit_base", "ckpt=PATH, data.root=...")
     add_config_command(cls, "posprobe", run_posprobe_command,
                        "position-sensitivity probe of a frozen backbone (paper Tab. 7)",
                        "config file or shipped name, e.g. posprobe_vit_base", "ckpt=PATH (required), data.root=...")

@@ -8,6 +8,13 @@ from engine import load_config
 
 FINETUNE = sorted(p.stem for p in CONFIGS_DIR.glob("finetune_*.py"))
 POSPROBE = sorted(p.stem for p in CONFIGS_DIR.glob("posprobe_*.py"))
+LINPROBE = sorted(p.stem for p in CONFIGS_DIR.glob("linprobe_*.py"))
+
+
+@pytest.mark.parametrize("name", LINPROBE)
+def test_linprobe_config_states_batch_and_optimizer(name):
+    cfg = load_config(name, configs_dir=CONFIGS_DIR)
+    assert cfg.effective_batch % cfg.batch_size == 0 and cfg.optim.type in ("lars", "sgd")
 
 
 @pytest.mark.parametrize("name", POSPROBE)

@@ -1,0 +1,74 @@
+"""`droppos-bench cls linprobe`: MAE's linear-probing protocol, the cheap way to compare frozen backbones.
+
+The encoder is frozen (and kept in eval mode); only BatchNorm without affine parameters and a linear layer on
+its pooled feature learn, with LARS (or SGD), RandomResizedCrop + flip and nothing else.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.optim import Lars
+from torch import nn
+
+from engine import build_train_runner, load_config
+from engine.hooks import ModelMetaHook
+from engine.runner import TrainSpec
+from pretrain.data import eval_transform, image_folder, pretrain_transform
+
+from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, MetricsFileHook, build_classifier
+from .metric import TopKAccuracy
+
+OPTIMIZERS = ("lars", "sgd")
+
+
+class LinearProbe(ClassifierModel):
+    """ClassifierModel whose encoder stays frozen and in eval mode: only the BN + linear head trains."""
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.net.eval()
+        self.net.head.train(mode)
+        return self
+
+
+def probe_head(dim: int, num_classes: int) -> nn.Sequential:
+    """BatchNorm without affine (it only standardises the frozen features) then a linear layer, as MAE."""
+    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
+    nn.init.trunc_normal_(head[1].weight, std=0.01)
+    nn.init.zeros_(head[1].bias)
+    return head
+
+
+def build_linprobe_runner(cfg):
+    """Frozen encoder from `cfg.ckpt`, BN + linear head, LARS or SGD, per-epoch top-1 / top-5."""
+    if cfg.optim.type not in OPTIMIZERS:
+        raise ValueError(f"optim.type={cfg.optim.type!r}; expected one of {OPTIMIZERS}")
+    img_size = cfg.model.img_size
+    train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale))
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size))
+    net = build_classifier(cfg, len(train.classes))
+    net.requires_grad_(False)
+    net.head = probe_head(net.embed_dim, len(train.classes))
+    lr = cfg.optim.base_lr * cfg.effective_batch / 256
+    params = list(net.head.parameters())
+    if cfg.optim.type == "lars":
+        optimizer = Lars(params, lr=lr, momentum=0.9, weight_decay=cfg.optim.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.optim.weight_decay)
+    model = LinearProbe(net, mixup=None, smoothing=0.0, precision=cfg.precision)
+    work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
+    runner = build_train_runner(TrainSpec.from_config(cfg, work_dir), model, train, optimizer,
+                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
+                                val_metric=TopKAccuracy(), best_metric="top1")
+    runner.register_hook(MetricsFileHook(Path(work_dir) / "metrics.json"))
+    runner.register_hook(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
+    return runner
+
+
+def run_linprobe(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Train and evaluate the linear probe per `config`; returns the metrics.json path."""
+    runner = build_linprobe_runner(load_config(config, overrides, configs_dir=CONFIGS_DIR))
+    runner.train()
+    return Path(runner.work_dir) / "metrics.json"
