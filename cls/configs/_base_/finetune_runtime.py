@@ -1,7 +1,7 @@
 # End-to-end fine-tuning (paper supplementary A; MAE's recipe). Override any key on the command line:
 #   droppos-bench cls finetune finetune_vit_base_100ep ckpt=encoder.safetensors data.root=/data/imagenet
+_base_ = ["runtime.py"]
 ckpt = None  # pre-trained encoder (any supported format); None trains from random init
-allow_pickle = False  # allow checkpoints that need arbitrary Python objects (only files you trust)
 data = dict(root="data/imagenet", num_workers=10)
 model = dict(
     size="base",
@@ -28,10 +28,3 @@ optim = dict(
     clip_grad=None,
 )
 schedule = dict(epochs=100, warmup_epochs=5, warmup_iters=None, min_lr=1e-6)
-precision = "bf16"
-compile = False
-log_interval = 50
-checkpoint = dict(interval=1, max_keep=1)  # plus the best top-1 checkpoint
-seed = 0
-work_dir = None  # default: work_dirs/<config name>
-resume = False

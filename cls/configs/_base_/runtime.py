@@ -1,0 +1,9 @@
+# Runtime settings shared by every classification job (fine-tuning, linear probe, position probe).
+allow_pickle = False  # allow checkpoints that need arbitrary Python objects (only files you trust)
+precision = "bf16"  # autocast in training and evaluation; "fp32" to turn it off
+compile = False
+log_interval = 50
+checkpoint = dict(interval=1, max_keep=1)  # plus the best top-1 checkpoint
+seed = 0
+work_dir = None  # default: work_dirs/<config name>
+resume = False  # True: continue from the last checkpoint in work_dir; or a checkpoint path
