@@ -49,7 +49,6 @@ class TrainRunner(Runner):
             super().save_checkpoint(str(tmp.parent), tmp.name, *args, **kwargs)
 
 
-
 @dataclass
 class TrainSpec:
     """What every task decides before building its Runner (the rest is shared); values come from its config."""
