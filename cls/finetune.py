@@ -1,22 +1,18 @@
 """`droppos-bench cls finetune`: end-to-end fine-tuning of a pre-trained ViT with the MAE / DropPos recipe."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from mmengine.config import Config
-from mmengine.dist import is_main_process
-from mmengine.hooks import Hook
 from mmengine.runner import set_random_seed
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
 from backbone import VisionTransformer, build_vit, load_pretrained, param_groups_layer_decay
-from backbone.safe_io import write_json_atomic
-from engine import build_train_runner, load_config
+from engine import build_train_runner, load_config, peak_lr
 from engine.hooks import DeviceLoggedModel, ModelMetaHook
 from engine.runner import TrainSpec
 from pretrain.data import eval_transform, image_folder
@@ -51,26 +47,6 @@ class ClassifierModel(DeviceLoggedModel):
         raise ValueError(f"mode={mode!r}; expected 'loss' or 'predict'")
 
 
-class MetricsFileHook(Hook):
-    """After every evaluation, write the epoch's top-1 / top-5 and the best top-1 so far to metrics.json.
-
-    Rows of earlier epochs already in the file are kept, so a resumed run still reports the best of all epochs.
-    """
-
-    priority = "LOW"
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
-        if not metrics or not is_main_process():
-            return
-        earlier = json.loads(self.path.read_text())["history"] if self.path.is_file() else []
-        history = [row for row in earlier if row["epoch"] < runner.epoch] + [dict(epoch=runner.epoch, **metrics)]
-        best = max(history, key=lambda row: row["top1"])
-        write_json_atomic(self.path, dict(last=history[-1], best=best, history=history))
-
-
 def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) -> VisionTransformer:
     """The ViT of `cfg.model` loaded from `cfg.ckpt`: a pre-trained encoder gets a fresh head (only head /
     fc_norm may be missing), a fine-tuned checkpoint (`fine_tuned`) must supply every key, its head included."""
@@ -98,16 +74,13 @@ def build_finetune_runner(cfg: Config):
     net = build_classifier(cfg, len(train.classes))
     if cfg.compile:
         net.compile()
-    lr = cfg.optim.base_lr * cfg.effective_batch / 256
+    lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     groups = param_groups_layer_decay(net, lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers)
     # head group first: mmengine logs the lr of the first group
     optimizer = torch.optim.AdamW(groups[::-1], lr=lr, betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
     model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
-    work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
-    spec = TrainSpec.from_config(cfg, work_dir)
-    runner = build_train_runner(spec, model, train, optimizer, experiment_name=cfg.config_name, cfg=cfg,
-                                val_dataset=val, val_metric=TopKAccuracy(), best_metric="top1")
-    runner.register_hook(MetricsFileHook(Path(work_dir) / "metrics.json"))
+    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer, experiment_name=cfg.config_name,
+                                cfg=cfg, val_dataset=val, val_metric=TopKAccuracy(), best_metric="top1")
     runner.register_hook(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     runner.logger.info(f"fine-tuning ViT-{cfg.model.size} on {len(train)} images / {len(train.classes)} classes, "
                        f"effective batch {cfg.effective_batch}, peak lr {lr:.3g}, layer decay {cfg.optim.layer_decay}")

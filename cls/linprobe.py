@@ -12,12 +12,12 @@ import torch
 from timm.optim import Lars
 from torch import nn
 
-from engine import build_train_runner, load_config
+from engine import build_train_runner, load_config, peak_lr
 from engine.hooks import ModelMetaHook
 from engine.runner import TrainSpec
 from pretrain.data import eval_transform, image_folder, pretrain_transform
 
-from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, MetricsFileHook, build_classifier
+from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, build_classifier
 from .metric import TopKAccuracy
 
 OPTIMIZERS = ("lars", "sgd")
@@ -51,18 +51,16 @@ def build_linprobe_runner(cfg):
     net = build_classifier(cfg, len(train.classes))
     net.requires_grad_(False)
     net.head = probe_head(net.embed_dim, len(train.classes))
-    lr = cfg.optim.base_lr * cfg.effective_batch / 256
+    lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     params = list(net.head.parameters())
     if cfg.optim.type == "lars":
         optimizer = Lars(params, lr=lr, momentum=0.9, weight_decay=cfg.optim.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.optim.weight_decay)
     model = LinearProbe(net, mixup=None, smoothing=0.0, precision=cfg.precision)
-    work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
-    runner = build_train_runner(TrainSpec.from_config(cfg, work_dir), model, train, optimizer,
+    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
                                 val_metric=TopKAccuracy(), best_metric="top1")
-    runner.register_hook(MetricsFileHook(Path(work_dir) / "metrics.json"))
     runner.register_hook(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     return runner
 

@@ -12,17 +12,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from torch import nn
 
 from backbone import VisionTransformer, load_model
-from engine import build_train_runner, load_config
-from engine.hooks import DeviceLoggedModel
+from engine import build_train_runner, load_config, peak_lr
+from engine.hooks import DeviceLoggedModel, unwrap_model
 from engine.runner import TrainSpec
 from pretrain.data import eval_transform, image_folder, pretrain_transform
 from pretrain.masking import random_split
 
-from .finetune import CONFIGS_DIR, MetricsFileHook
+from .finetune import CONFIGS_DIR
 from .metric import TopKAccuracy
 
 
@@ -73,7 +72,7 @@ class ProbeMasksHook(Hook):
     """Every evaluation draws the same masks: the val generator restarts from the seed."""
 
     def before_val_epoch(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         device = model.mask_pos_token.device
         model.val_generator = torch.Generator(device).manual_seed(model.seed)
 
@@ -87,15 +86,13 @@ def build_posprobe_runner(cfg):
     train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale))
     val = image_folder(cfg.data.root, "val", eval_transform(img_size))
     model = PositionProbe(net, cfg.model.drop_ratio, cfg.seed)
-    lr = cfg.optim.base_lr * cfg.effective_batch / 256
+    lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     params = [model.mask_pos_token, *model.head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
-    work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
-    runner = build_train_runner(TrainSpec.from_config(cfg, work_dir), model, train, optimizer,
+    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
                                 val_metric=TopKAccuracy(), best_metric="top1")
     runner.register_hook(ProbeMasksHook())
-    runner.register_hook(MetricsFileHook(Path(work_dir) / "metrics.json"))
     runner.logger.info(f"position probe of {cfg.ckpt}\n{report}")
     return runner
 

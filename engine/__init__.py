@@ -2,7 +2,7 @@
 optimisation and logging, epoch-seeded randomness for exact resume, atomic checkpoints, safe resume)."""
 from .config import load_config
 from .optim import DeviceOptimWrapper
-from .runner import TrainRunner, batch_plan, build_train_runner, distributed_launcher
+from .runner import TrainRunner, batch_plan, build_train_runner, distributed_launcher, peak_lr
 
 __all__ = ["DeviceOptimWrapper", "TrainRunner", "batch_plan", "build_train_runner", "distributed_launcher",
-           "load_config"]
+           "load_config", "peak_lr"]

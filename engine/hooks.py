@@ -1,14 +1,23 @@
 """Hooks every task's Runner gets: per-epoch seeding (exact resume) and sync-free logging of device metrics."""
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
-from mmengine.dist import get_rank
+from mmengine.dist import get_rank, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel, is_model_wrapper
+
+from backbone.safe_io import write_json_atomic
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The task's model inside the Runner's DDP wrapper (or the model itself in one process)."""
+    return model.module if is_model_wrapper(model) else model
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -90,8 +99,7 @@ class DeviceLogHook(Hook):
         if not (self.every_n_inner_iters(batch_idx, self.interval)
                 or self.end_of_epoch(runner.train_dataloader, batch_idx)):
             return
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        values = model.running_means.pop()
+        values = unwrap_model(runner.model).running_means.pop()
         grad_norm = runner.optim_wrapper.pop_grad_norm()
         if grad_norm is not None:
             values["grad_norm"] = grad_norm
@@ -146,3 +154,23 @@ class ModelMetaHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint["meta"]["droppos_bench"] = dict(model_prefix=self.prefix, model=self.model_cfg)
+
+
+class MetricsFileHook(Hook):
+    """After every evaluation, write the epoch's metrics and the best epoch so far (by `best_metric`) to `path`.
+
+    Rows of earlier epochs already in the file are kept, so a resumed run still reports the best of all epochs.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, path: Path, best_metric: str):
+        self.path, self.best_metric = path, best_metric
+
+    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
+        if not metrics or not is_main_process():
+            return
+        earlier = json.loads(self.path.read_text())["history"] if self.path.is_file() else []
+        history = [row for row in earlier if row["epoch"] < runner.epoch] + [dict(epoch=runner.epoch, **metrics)]
+        best = max(history, key=lambda row: row[self.best_metric])
+        write_json_atomic(self.path, dict(last=history[-1], best=best, history=history))

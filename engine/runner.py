@@ -21,13 +21,23 @@ from mmengine.runner import Runner
 
 from backbone.safe_io import atomic_path
 
-from .hooks import DeviceLogHook, EpochSeedHook, PlainCheckpointHook, torch_seeds_workers
+from .hooks import DeviceLogHook, EpochSeedHook, MetricsFileHook, PlainCheckpointHook, torch_seeds_workers
 from .optim import DeviceOptimWrapper
 
 
 def distributed_launcher() -> str:
     """'pytorch' under torchrun (it sets LOCAL_RANK), else 'none' (one process)."""
     return "pytorch" if "LOCAL_RANK" in os.environ else "none"
+
+
+def peak_lr(base_lr: float, effective_batch: int) -> float:
+    """The linear scaling rule every recipe states its lr in: base_lr x effective_batch / 256."""
+    return base_lr * effective_batch / 256
+
+
+def default_work_dir(cfg: Config) -> str:
+    """`cfg.work_dir`, or work_dirs/<config name>."""
+    return cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
 
 
 def batch_plan(effective_batch: int, batch_size: int, world_size: int) -> int:
@@ -71,11 +81,11 @@ class TrainSpec:
     custom_hooks: list[Hook] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, cfg: Config, work_dir: str, hooks: list[Hook] | None = None) -> TrainSpec:
+    def from_config(cls, cfg: Config, hooks: list[Hook] | None = None) -> TrainSpec:
         """The Runner settings every task's config holds under the same keys (see a shipped runtime config)."""
         schedule = cfg.schedule
         return cls(
-            work_dir=work_dir, epochs=schedule.epochs, batch_size=cfg.batch_size,
+            work_dir=default_work_dir(cfg), epochs=schedule.epochs, batch_size=cfg.batch_size,
             effective_batch=cfg.effective_batch, warmup_epochs=schedule.warmup_epochs,
             warmup_iters=schedule.warmup_iters, min_lr=schedule.min_lr, precision=cfg.precision,
             clip_grad=cfg.optim.clip_grad, num_workers=cfg.data.num_workers, log_interval=cfg.log_interval,
@@ -114,8 +124,8 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
                        val_metric: BaseMetric | None = None, best_metric: str | None = None) -> TrainRunner:
     """An epoch-based Runner for `model` on `dataset` with `optimizer` (whose lr already is the peak lr).
 
-    With `val_dataset` and `val_metric` it evaluates after every epoch and keeps the checkpoint with the highest
-    `best_metric` as best_<metric>_epoch_N.pth.
+    With `val_dataset` and `val_metric` it evaluates after every epoch, keeps the checkpoint with the highest
+    `best_metric` as best_<metric>_epoch_N.pth and writes work_dir/metrics.json.
     """
     launcher = launcher or distributed_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -150,6 +160,8 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
             val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(val_metric),
         )
     hooks = [EpochSeedHook(spec.seed), DeviceLogHook(spec.log_interval), PlainCheckpointHook(), *spec.custom_hooks]
+    if val_dataset is not None:
+        hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", best_metric))
     return TrainRunner(
         model=model, work_dir=spec.work_dir, experiment_name=experiment_name, train_dataloader=dataloader,
         train_cfg=dict(by_epoch=True, max_epochs=spec.epochs, val_interval=1), optim_wrapper=optim_wrapper,

@@ -8,13 +8,12 @@ import torch
 from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.runner import set_random_seed
 from timm.optim import param_groups_weight_decay
 
 from backbone import export_checkpoint
-from engine import build_train_runner, load_config
-from engine.hooks import DeviceLoggedModel, ModelMetaHook
+from engine import build_train_runner, load_config, peak_lr
+from engine.hooks import DeviceLoggedModel, ModelMetaHook, unwrap_model
 from engine.runner import TrainSpec
 
 from .build import build_pretrain_model
@@ -44,10 +43,6 @@ class PretrainModel(DeviceLoggedModel):
         return self.net(images)
 
 
-def _unwrap(model: torch.nn.Module) -> PretrainModel:
-    return model.module if is_model_wrapper(model) else model
-
-
 class SigmaHook(Hook):
     """Position smoothing schedule: sets the soft-target table before each iteration and logs sigma."""
 
@@ -58,7 +53,7 @@ class SigmaHook(Hook):
         self.sigma: float | None = None
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         sigma = sigma_at(self.mode, self.sigma0, self.sigma_t, runner.iter, len(runner.train_dataloader),
                          runner.max_iters)
         if sigma != self.sigma or model.smoothing is None:
@@ -77,15 +72,14 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
         net.compile()
     img_size = model_cfg["img_size"]
     dataset = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale))
-    lr = cfg.optim.base_lr * cfg.effective_batch / 256
+    lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(net, cfg.optim.weight_decay), lr=lr,
                                   betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
     hooks: list[Hook] = [ModelMetaHook(MODEL_PREFIX, model_cfg)]
     if isinstance(net, DropPos):
         smoothing = cfg.smoothing
         hooks.append(SigmaHook(smoothing.mode, smoothing.sigma0, smoothing.sigma_t, img_size))
-    work_dir = cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
-    runner = build_train_runner(TrainSpec.from_config(cfg, work_dir, hooks), PretrainModel(net), dataset, optimizer,
+    runner = build_train_runner(TrainSpec.from_config(cfg, hooks), PretrainModel(net), dataset, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, launcher=launcher)
     runner.logger.info(f"{model_cfg['arch']} ViT-{model_cfg['size']}: {len(dataset)} images, effective batch "
                        f"{cfg.effective_batch} ({cfg.batch_size} per process), peak lr {lr:.3g} "
@@ -95,7 +89,7 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
 
 def export_encoder(runner, cfg: Config) -> Path:
     """Write the trained encoder in our format (decoder and mask tokens dropped) as work_dir/encoder.safetensors."""
-    net = _unwrap(runner.model).net
+    net = unwrap_model(runner.model).net
     meta = dict(pretrain=dict(cfg.model), config=cfg.config_name, epochs=runner.epoch)
     return export_checkpoint(net, Path(runner.work_dir) / "encoder.safetensors", meta=meta)
 
