@@ -19,7 +19,7 @@ from engine import build_train_runner, load_config, peak_lr
 from engine.hooks import DeviceLoggedModel, unwrap_model
 from engine.runner import TrainSpec
 from pretrain.data import eval_transform, image_folder, pretrain_transform
-from pretrain.masking import random_split
+from pretrain.masking import random_mask
 
 from .finetune import CONFIGS_DIR
 from .metric import TopKAccuracy
@@ -46,8 +46,7 @@ class PositionProbe(DeviceLoggedModel):
         """(position logits (B, N, N), dropped (B, N) bool): every patch is seen, `drop_ratio` without position."""
         x = self.net.patch_embed(images).flatten(1, 2)
         batch, num = x.shape[:2]
-        _, ids_dropped = random_split(batch, num, num - round(num * self.drop_ratio), x.device, generator)
-        dropped = torch.zeros(batch, num, dtype=torch.bool, device=x.device).scatter_(1, ids_dropped, True)
+        dropped = random_mask(batch, num, num - round(num * self.drop_ratio), x.device, generator)
         pos = torch.where(dropped.unsqueeze(-1), self.mask_pos_token.to(x.dtype), self.net.pos_embed[:, 1:])
         tokens = self.net.encode_patches(x + pos)[:, self.net.num_prefix_tokens:]
         return self.head(tokens), dropped

@@ -16,7 +16,7 @@ from torch import nn
 from backbone import VisionTransformer
 from backbone.vit import Block, init_mae_style
 
-from .masking import random_split
+from .masking import random_mask, random_split
 
 
 class DropPos(VisionTransformer):
@@ -54,8 +54,7 @@ class DropPos(VisionTransformer):
         visible = int(num_patches * (1 - mask_ratio))
         anchors = int(visible * (1 - pos_mask_ratio))
         ids_visible, _ = random_split(batch, num_patches, visible, device, generator)
-        _, ids_dropped = random_split(batch, visible, anchors, device, generator)
-        dropped = torch.zeros(batch, visible, dtype=torch.bool, device=device).scatter_(1, ids_dropped, True)
+        dropped = random_mask(batch, visible, anchors, device, generator)
         return ids_visible, dropped
 
     def encode_visible(self, images: torch.Tensor, ids_visible: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,13 @@ def random_split(batch: int, length: int, keep: int, device: torch.device,
     return order[:, :keep], order[:, keep:]
 
 
+def random_mask(batch: int, length: int, keep: int, device: torch.device,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, length) bool, True at the `length - keep` positions `random_split` leaves out (same random draw)."""
+    _, rest = random_split(batch, length, keep, device, generator)
+    return torch.zeros(batch, length, dtype=torch.bool, device=device).scatter_(1, rest, True)
+
+
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, H/p * W/p, p*p*C), pixels of a patch in (row, column, channel) order as in MAE."""
     batch, channels, height, width = images.shape
