@@ -15,21 +15,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from backbone import build_vit
+from benchmarks.timing import Step, best_rates, hardware, peak_flops, step_flops
 from pretrain import DropPos, position_loss, position_smoothing
 
-PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
 SIGMA = 1.0  # the paper's sigma0; the table's values do not change the cost
-
-Step = Callable[[], None]
 
 
 def reference_loss(model: DropPos, images: torch.Tensor, smoothing: torch.Tensor,
@@ -89,37 +83,6 @@ def check_reference(model: DropPos, images: torch.Tensor, smoothing: torch.Tenso
                                msg=lambda m: f"reference step disagrees with ours (loss, acc): {m}")
 
 
-def step_flops(step: Step) -> int:
-    """FLOPs (2 per multiply-add) of one training step, counted on the real step, no-grad forward included."""
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return counter.get_total_flops()
-
-
-def images_per_second(step: Step, batch: int, steps: int, warmup: int, device: torch.device) -> float:
-    """Mean throughput over `steps` after `warmup` steps; synchronises only at the ends of the timed loop."""
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
-
-
-def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
-    """Dense bf16 peak FLOP/s of this GPU (table by name), the override, or None when unknown."""
-    if override_tflops:
-        return override_tflops * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
-
-
 def parse_args() -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,10 +122,8 @@ def main() -> None:
 
     mode = ("bf16" if amp else "fp32") + (" compiled" if args.compile else "")
     tau = "off" if model.tau is None else f"tau {model.tau:g}"
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else (  # load: others share the cores
-        f"CPU x{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     print(f"DropPos ViT-{args.size}/{model.patch_embed.patch_size[0]} depth {model.num_layers}, "
-          f"{args.img_size} px, attentive {tau}; ours {mode} vs reference fp32; {hardware}")
+          f"{args.img_size} px, attentive {tau}; ours {mode} vs reference fp32; {hardware(device)}")
     print("  reference loss == ours on identical masks (fp32): ok")
     header = f"  {'batch':>5} {'ours img/s':>11} {'ref img/s':>10} {'ours/ref':>8} {'GFLOP/img':>10}"
     print(header + (f" {'MFU ours':>8} {'MFU ref':>8}" if peak else ""))
@@ -172,15 +133,8 @@ def main() -> None:
             "ours": lambda images=images: our_step(model, optimizer, images, smoothing, amp),
             "reference": lambda images=images: reference_step(model, optimizer, images, smoothing),
         }
-        rates = {name: 0.0 for name in steps}
-        try:
-            for i in range(args.rounds):  # alternating rounds, best of each: order and load drift cancel out
-                for name, step in steps.items():
-                    rate = images_per_second(step, batch, args.steps, 2 if i == 0 else 0, device)
-                    rates[name] = max(rates[name], rate)
-        except torch.OutOfMemoryError:
-            optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
+        rates = best_rates(steps, batch, args.rounds, args.steps, device)
+        optimizer.zero_grad(set_to_none=True)
         ref = f"{rates['reference']:10.1f}" if rates["reference"] else f"{'OOM':>10}"
         ratio = rates["ours"] / rates["reference"] if rates["reference"] else math.nan
         line = f"  {batch:>5} {rates['ours']:11.1f} {ref} {ratio:8.3f} {flops_per_image / 1e9:10.2f}"

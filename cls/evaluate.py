@@ -35,7 +35,7 @@ def run_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Pat
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
     if not cfg.ckpt:
         raise ValueError("cls eval needs ckpt=PATH: a fine-tuned checkpoint with its classification head")
-    val = image_folder(cfg.data.root, "val", eval_transform(cfg.model.img_size))
+    val = image_folder(cfg.data.root, "val", eval_transform(cfg.model.img_size), cfg.data.skip_unreadable)
     net = build_classifier(cfg, len(val.classes), fine_tuned=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = DataLoader(val, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers,

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
+from mmengine.hooks import EMAHook
 from mmengine.runner import set_random_seed
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
@@ -67,8 +68,9 @@ def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) ->
 def build_finetune_runner(cfg: Config):
     """Data, model, layer-decayed AdamW and top-1/top-5 evaluation of a fine-tuning config, as a Runner."""
     img_size = cfg.model.img_size
-    train = image_folder(cfg.data.root, "train", train_transform(img_size, cfg.aug))
-    val = image_folder(cfg.data.root, "val", eval_transform(img_size))
+    train = image_folder(cfg.data.root, "train", train_transform(img_size, cfg.aug), cfg.data.skip_unreadable,
+                         every_class=True)
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_unreadable)
     if train.classes != val.classes:
         raise ValueError(f"{cfg.data.root}: train and val have different class folders")
     net = build_classifier(cfg, len(train.classes))
@@ -79,8 +81,10 @@ def build_finetune_runner(cfg: Config):
     # head group first: mmengine logs the lr of the first group
     optimizer = torch.optim.AdamW(groups[::-1], lr=lr, betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
     model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
-    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer, experiment_name=cfg.config_name,
-                                cfg=cfg, val_dataset=val, val_metric=TopKAccuracy(), best_metric="top1")
+    hooks = [EMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
+    runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
+                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
+                                val_metric=TopKAccuracy(), best_metric="top1")
     runner.register_hook(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     runner.logger.info(f"fine-tuning ViT-{cfg.model.size} on {len(train)} images / {len(train.classes)} classes, "
                        f"effective batch {cfg.effective_batch}, peak lr {lr:.3g}, layer decay {cfg.optim.layer_decay}")

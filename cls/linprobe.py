@@ -46,8 +46,9 @@ def build_linprobe_runner(cfg):
     if cfg.optim.type not in OPTIMIZERS:
         raise ValueError(f"optim.type={cfg.optim.type!r}; expected one of {OPTIMIZERS}")
     img_size = cfg.model.img_size
-    train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale))
-    val = image_folder(cfg.data.root, "val", eval_transform(img_size))
+    train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
+                         cfg.data.skip_unreadable, every_class=True)
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_unreadable)
     net = build_classifier(cfg, len(train.classes))
     net.requires_grad_(False)
     net.head = probe_head(net.embed_dim, len(train.classes))

@@ -82,8 +82,9 @@ def build_posprobe_runner(cfg):
         raise ValueError("cls posprobe needs ckpt=PATH (the backbone to probe)")
     net, report = load_model(cfg.ckpt, allow_pickle=cfg.allow_pickle, img_size=cfg.model.img_size)
     img_size = cfg.model.img_size
-    train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale))
-    val = image_folder(cfg.data.root, "val", eval_transform(img_size))
+    train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
+                         cfg.data.skip_unreadable)
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_unreadable)
     model = PositionProbe(net, cfg.model.drop_ratio, cfg.seed)
     lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     params = [model.mask_pos_token, *model.head.parameters()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -174,3 +175,16 @@ class MetricsFileHook(Hook):
         history = [row for row in earlier if row["epoch"] < runner.epoch] + [dict(epoch=runner.epoch, **metrics)]
         best = max(history, key=lambda row: row[self.best_metric])
         write_json_atomic(self.path, dict(last=history[-1], best=best, history=history))
+
+
+class SkippedImagesHook(Hook):
+    """Logs after every epoch how many unreadable images the training set (`dataset.skipped`, a shared counter)
+    has skipped so far; silent while there are none."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def after_train_epoch(self, runner) -> None:
+        skipped = self.dataset.skipped.value
+        if skipped:
+            runner.logger.warning(f"{skipped} unreadable images skipped so far (names in the log above)")

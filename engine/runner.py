@@ -21,7 +21,14 @@ from mmengine.runner import Runner
 
 from backbone.safe_io import atomic_path
 
-from .hooks import DeviceLogHook, EpochSeedHook, MetricsFileHook, PlainCheckpointHook, torch_seeds_workers
+from .hooks import (
+    DeviceLogHook,
+    EpochSeedHook,
+    MetricsFileHook,
+    PlainCheckpointHook,
+    SkippedImagesHook,
+    torch_seeds_workers,
+)
 from .optim import DeviceOptimWrapper
 
 
@@ -160,6 +167,8 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
             val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(val_metric),
         )
     hooks = [EpochSeedHook(spec.seed), DeviceLogHook(spec.log_interval), PlainCheckpointHook(), *spec.custom_hooks]
+    if hasattr(dataset, "skipped"):
+        hooks.append(SkippedImagesHook(dataset))
     if val_dataset is not None:
         hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", best_metric))
     return TrainRunner(

@@ -1,8 +1,12 @@
 """ImageNet-layout image folders and the pre-training / evaluation transforms (MAE's recipe)."""
 from __future__ import annotations
 
+import logging
+import multiprocessing
 from pathlib import Path
 
+import torch
+from mmengine.logging import print_log
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
@@ -41,12 +45,67 @@ def eval_transform(img_size: int) -> transforms.Compose:
     ])
 
 
-def image_folder(root: str | Path, split: str, transform: transforms.Compose) -> ImageFolder:
-    """`root/split` as an ImageFolder; a missing or empty split is an error that names the folder."""
+class UnreadableImageError(ValueError):
+    """An image file that PIL cannot decode; the message names the file."""
+
+
+class SharedCounter:
+    """An integer shared with the loader worker processes. It deep-copies to itself: mmengine deep-copies the
+    dataset before building the loader, and the copy must count into the same place."""
+
+    def __init__(self):
+        self._value = multiprocessing.Value("q", 0)
+
+    @property
+    def value(self) -> int:
+        return self._value.value
+
+    def add(self, count: int) -> None:
+        with self._value.get_lock():
+            self._value.value += count
+
+    def __deepcopy__(self, memo: dict) -> SharedCounter:
+        return self
+
+
+class CheckedImageFolder(ImageFolder):
+    """torchvision's ImageFolder whose unreadable files either stop the run with an error naming the file, or
+    (`skip_unreadable`) are replaced by the next readable sample and counted in `skipped`, shared by every
+    loader worker."""
+
+    def __init__(self, root: str, transform: transforms.Compose, skip_unreadable: bool):
+        super().__init__(root, transform=transform, allow_empty=True)
+        self.skip_unreadable = skip_unreadable
+        self.skipped = SharedCounter()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        for offset in range(len(self.samples)):
+            path, target = self.samples[(index + offset) % len(self.samples)]
+            try:
+                image = self.loader(path)
+            except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+                if not self.skip_unreadable:
+                    raise UnreadableImageError(f"{path}: unreadable image ({error}); replace or remove it, or set "
+                                               "data.skip_unreadable=True to skip such files") from error
+                self.skipped.add(1)
+                print_log(f"{path}: unreadable image skipped ({error})", logger="current", level=logging.WARNING)
+                continue
+            return self.transform(image), target
+        raise UnreadableImageError(f"{self.root}: not one readable image")
+
+
+def image_folder(root: str | Path, split: str, transform: transforms.Compose, skip_unreadable: bool = False,
+                 every_class: bool = False) -> CheckedImageFolder:
+    """`root/split` as a CheckedImageFolder. A missing or empty split is an error that names the folder, and
+    so is a class folder without images when `every_class` (a class that cannot be learnt is a broken copy)."""
     folder = imagenet_root(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: split {split!r} not found")
-    dataset = ImageFolder(str(folder), transform=transform, allow_empty=True)
+    dataset = CheckedImageFolder(str(folder), transform, skip_unreadable)
     if len(dataset) == 0:
         raise ValueError(f"{folder}: no images (expected {folder}/<class>/*.JPEG or other image files)")
+    empty = sorted(set(dataset.classes) - {dataset.classes[target] for target in dataset.targets})
+    if every_class and empty:
+        raise ValueError(f"{folder}: class folders without images: {', '.join(empty)} (every class needs training "
+                         "images; remove the folder or add images)")
     return dataset

@@ -20,7 +20,7 @@ from pycocotools import mask as mask_api
 from backbone.safe_io import write_json_atomic
 from benchmarks.synthetic.scenes import IGNORE_ID, OBJECT_CLASSES, SEMANTIC_CLASSES, Instance, Scene
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 # Gaps like COCO's own ids, so code that maps category ids to contiguous labels is exercised.
 COCO_CATEGORY_IDS: tuple[int, ...] = (1, 2, 3, 5, 7, 8, 10, 11)
 SPLITS = ("train", "val")

@@ -273,16 +273,21 @@ def _shape(rng: np.random.Generator, category: int, centre: tuple[float, float],
 
 
 def _objects(rng: np.random.Generator, size: int, horizon: np.ndarray) -> list[_Shape]:
-    """1-5 objects standing on the ground, far ones first so near ones occlude them."""
+    """0-4 background objects standing on the ground, far ones first so near ones occlude them, then the
+    main object in front of them all: object-centric like ImageNet, so it gives the image its class."""
     shapes = []
-    for t in np.sort(rng.uniform(0.12, 1.0, int(rng.integers(1, 6)))):  # 0: horizon, 1: bottom edge
-        radius = size * (0.05 + 0.12 * t)  # perspective: nearer is larger
-        cx = rng.uniform(radius, size - 1 - radius)
-        ground_y = horizon[0, int(cx)]
-        base = ground_y + t * (size - 1 - ground_y)
-        category = int(rng.integers(len(OBJECT_CLASSES)))
-        shapes.append(_shape(rng, category, (cx, base - radius), radius, size))
-    return shapes
+    for t in np.sort(rng.uniform(0.12, 1.0, int(rng.integers(0, 5)))):  # 0: horizon, 1: bottom edge
+        shapes.append(_standing(rng, size, horizon, t, radius=size * (0.05 + 0.12 * t)))  # nearer is larger
+    return shapes + [_standing(rng, size, horizon, rng.uniform(0.6, 1.0), radius=size * rng.uniform(0.2, 0.28))]
+
+
+def _standing(rng: np.random.Generator, size: int, horizon: np.ndarray, t: float, radius: float) -> _Shape:
+    """An object of a random category whose base lies at depth `t` (0: horizon, 1: bottom edge)."""
+    cx = rng.uniform(radius, size - 1 - radius)
+    ground_y = horizon[0, int(cx)]
+    base = ground_y + t * (size - 1 - ground_y)
+    category = int(rng.integers(len(OBJECT_CLASSES)))
+    return _shape(rng, category, (cx, base - radius), radius, size)
 
 
 def _crowd(rng: np.random.Generator, size: int, horizon: np.ndarray) -> list[_Shape]:

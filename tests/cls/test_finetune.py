@@ -1,5 +1,6 @@
 """Fine-tuning on the mmengine Runner: metric, checkpoint policy, evaluation files, exact resume."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -69,10 +70,15 @@ class Interrupt(Exception):
 
 
 class InterruptAfterEpoch(Hook):
+    """Stops training after epoch `epoch` is saved, before its evaluation."""
+
     priority = "LOWEST"
 
+    def __init__(self, epoch=2):
+        self.epoch = epoch
+
     def after_train_epoch(self, runner):
-        if runner.epoch + 1 == 2:
+        if runner.epoch + 1 == self.epoch:
             raise Interrupt
 
 
@@ -110,3 +116,45 @@ def test_finetune_eval_and_exact_resume(tmp_path, data, capsys):
     split = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert [row["epoch"] for row in split["history"]] == [1, 3]  # interrupted before epoch 2's evaluation
     assert split["history"][0] == metrics["history"][0] and split["last"] == metrics["last"]
+
+
+def test_ema_is_evaluated_checkpointed_and_resumed_exactly(tmp_path, data):
+    ema = {"ema.enabled": True, "ema.decay": 0.9, "schedule.epochs": 2}
+    full = build_finetune_runner(cfg_for(data, tmp_path / "full", **ema))
+    full.train()
+    checkpoint = torch.load(tmp_path / "full" / "epoch_2.pth", weights_only=True)
+    averaged, raw = checkpoint["state_dict"], checkpoint["ema_state_dict"]
+    key = "net.blocks.0.attn.qkv.weight"
+    assert not torch.equal(averaged[key], raw["module." + key])  # deployed weights are the average
+
+    evaluated = tmp_path / "eval"
+    args = [f"data.root={data}", f"work_dir={evaluated}", "model.img_size=64", "batch_size=16"]
+    assert main(["cls", "eval", "finetune_tiny_synth", f"ckpt={tmp_path / 'full' / 'epoch_2.pth'}", *args]) == 0
+    last = json.loads((tmp_path / "full" / "metrics.json").read_text())["last"]
+    assert json.loads((evaluated / "metrics.json").read_text())["top1"] == last["top1"]  # val scored the average
+
+    split = build_finetune_runner(cfg_for(data, tmp_path / "split", **ema))
+    split.register_hook(InterruptAfterEpoch(epoch=1))
+    with pytest.raises(Interrupt):
+        split.train()
+    build_finetune_runner(cfg_for(data, tmp_path / "split", resume=True, **ema)).train()
+    resumed = torch.load(tmp_path / "split" / "epoch_2.pth", weights_only=True)
+    for name in ("state_dict", "ema_state_dict"):
+        for key, value in checkpoint[name].items():
+            assert torch.equal(resumed[name][key], value), (name, key)
+
+
+def test_unreadable_training_image_is_named_or_skipped_and_counted(tmp_path, data, capsys):
+    copy = tmp_path / "data"
+    shutil.copytree(data / "imagenet", copy)
+    broken = sorted((copy / "train").rglob("*.JPEG"))[5]
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    args = [f"data.root={copy}", "model.img_size=64", "batch_size=16", "effective_batch=16", "schedule.epochs=1",
+            "schedule.warmup_epochs=0"]
+    assert main(["cls", "finetune", "finetune_tiny_synth", f"work_dir={tmp_path / 'stop'}", *args]) == 2
+    assert f"{broken}: unreadable image" in capsys.readouterr().err
+    skip = tmp_path / "skip"
+    assert main(["cls", "finetune", "finetune_tiny_synth", f"work_dir={skip}", "data.skip_unreadable=True",
+                 *args]) == 0
+    log = next(skip.glob("*/*.log")).read_text()
+    assert f"{broken}: unreadable image skipped" in log and "1 unreadable images skipped so far" in log

@@ -53,5 +53,5 @@ def test_probe_learns_positions_above_chance(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     chance = 100 / 16
     assert metrics["best"]["top1"] > 2 * chance, (
-        f"probe top-1 {metrics['best']['top1']:.1f}% (chance {chance}%); this random-init ViT-Tiny reached 17.4% "
+        f"probe top-1 {metrics['best']['top1']:.1f}% (chance {chance}%); this random-init ViT-Tiny reached 18.5% "
         "when the test was written (the rows are visible in the scenes: sky above, ground below)")

@@ -11,6 +11,7 @@ model = dict(
     pos_embed_trainable=True,  # the authors' code freezes it without saying so; False reproduces that
 )
 aug = dict(
+    crop_scale=(0.08, 1.0),  # RandomResizedCrop area range
     auto_augment="rand-m9-mstd0.5-inc1",  # RandAugment (timm)
     reprob=0.25,  # random erasing
     mixup=0.8,
@@ -27,4 +28,7 @@ optim = dict(
     betas=(0.9, 0.999),
     clip_grad=None,
 )
+# Exponential moving average of the weights (mmengine's EMAHook): evaluation uses the average, and checkpoints
+# hold it under state_dict (the raw weights under ema_state_dict). Off in the paper's and MAE's recipes.
+ema = dict(enabled=False, decay=0.9999)
 schedule = dict(epochs=100, warmup_epochs=5, warmup_iters=None, min_lr=1e-6)

@@ -1,4 +1,6 @@
 # Runtime settings shared by every classification job (fine-tuning, linear probe, position probe).
+# an image PIL cannot decode stops the run with its name; True skips such files (counted in the log)
+data = dict(skip_unreadable=False)
 allow_pickle = False  # allow checkpoints that need arbitrary Python objects (only files you trust)
 precision = "bf16"  # autocast in training and evaluation; "fp32" to turn it off
 compile = False

@@ -1,0 +1,68 @@
+"""Timing helpers shared by the throughput benchmarks: images/s of a step, best of alternating rounds, FLOPs."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
+
+Step = Callable[[], object]
+
+
+def images_per_second(step: Step, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+    """Mean throughput over `steps` after `warmup` steps; synchronises only at the ends of the timed loop."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def best_rates(steps: dict[str, Step], batch: int, rounds: int, steps_per_round: int,
+               device: torch.device) -> dict[str, float]:
+    """Best images/s of each step over rounds that alternate them, so order and load drift cancel out.
+    A step that runs out of GPU memory scores 0."""
+    rates = {name: 0.0 for name in steps}
+    for i in range(rounds):
+        for name, step in steps.items():
+            if i and not rates[name]:
+                continue
+            try:
+                rates[name] = max(rates[name], images_per_second(step, batch, steps_per_round, 2 if i == 0 else 0,
+                                                                 device))
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+    return rates
+
+
+def step_flops(step: Step) -> int:
+    """FLOPs (2 per multiply-add) of one step, counted on the real step."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
+    """Dense bf16 peak FLOP/s of this GPU (table by name), the override, or None when unknown."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def hardware(device: torch.device) -> str:
+    """The GPU's name, or the CPU threads and load (other jobs on the cores slow every figure)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU x{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
