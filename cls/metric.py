@@ -24,7 +24,7 @@ class TopKAccuracy(BaseMetric):
             self.results.append(torch.stack([*counts, torch.tensor(len(labels), device=labels.device)]))
 
     def evaluate(self, size: int) -> dict[str, float]:
-        """Sum the per-batch counts (validation sampling does not pad, so nothing is counted twice)."""
+        """Sum the per-batch counts (the validation sampler does not pad ranks, so nothing is counted twice)."""
         totals = torch.stack(self.results).sum(0).double() if self.results else torch.zeros(len(self.topk) + 1)
         all_reduce(totals)
         self.results.clear()

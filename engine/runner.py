@@ -161,8 +161,9 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     validation = {}
     if val_dataset is not None:
         validation = dict(
+            # no padding to equal rank sizes: metrics that sum counts would count the padded images twice
             val_dataloader=dict(dataset=val_dataset, batch_size=spec.batch_size, num_workers=spec.num_workers,
-                                pin_memory=cuda, sampler=dict(type="DefaultSampler", shuffle=False),
+                                pin_memory=cuda, sampler=dict(type="DefaultSampler", shuffle=False, round_up=False),
                                 collate_fn=dict(type="default_collate")),
             val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(val_metric),
         )

@@ -1,0 +1,1 @@
+"""Detection and instance segmentation: ViTDet Mask R-CNN on torchvision, COCO evaluation."""
