@@ -27,7 +27,7 @@ from torch import nn
 
 from backbone import build_vit
 from benchmarks.synthetic import synthesize
-from benchmarks.timing import Step, best_rates, hardware
+from benchmarks.timing import Step, best_rates, hardware, step_parser
 from cls.data import train_transform
 from cls.finetune import CONFIGS_DIR
 from engine import load_config
@@ -83,18 +83,7 @@ def loader_images_per_second(root: Path, img_size: int, batch: int, workers: int
 
 
 def parse_args() -> argparse.Namespace:
-    cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="base" if cuda else "tiny", choices=("tiny", "small", "base", "large"))
-    parser.add_argument("--depth", type=int, help="override the depth (quick CPU runs)")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, nargs="+", default=[128] if cuda else [16], help="run each")
-    parser.add_argument("--steps", type=int, default=10 if cuda else 3, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds alternating ours and timm; best kept")
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast (default: on for cuda, off on cpu)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser = step_parser(__doc__, default_batch=128, default_steps=10 if torch.cuda.is_available() else 3)
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="loader-only runs with these workers")
     parser.add_argument("--data", type=Path, help="ImageNet-layout folder for the loader (default: synthetic)")
     parser.add_argument("--loader-image-size", type=int, default=368, help="side of the synthetic JPEGs")

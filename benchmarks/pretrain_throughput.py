@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from backbone import build_vit
-from benchmarks.timing import Step, best_rates, hardware, peak_flops, step_flops
+from benchmarks.timing import Step, best_rates, hardware, peak_flops, step_flops, step_parser
 from pretrain import DropPos, position_loss, position_smoothing
 
 SIGMA = 1.0  # the paper's sigma0; the table's values do not change the cost
@@ -84,19 +84,8 @@ def check_reference(model: DropPos, images: torch.Tensor, smoothing: torch.Tenso
 
 
 def parse_args() -> argparse.Namespace:
-    cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="base" if cuda else "tiny", choices=("tiny", "small", "base", "large"))
-    parser.add_argument("--depth", type=int, help="override the encoder depth (quick CPU runs)")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch", type=int, nargs="+", default=[64] if cuda else [16], help="run each")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds alternating the two steps; best kept")
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser = step_parser(__doc__, default_batch=64, default_steps=5)
     parser.add_argument("--tau", type=float, default=0.1, help="attentive reconstruction temperature; inf: off")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast in our step (default: on for cuda, off on cpu)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile our model (model.compile())")
     parser.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s for the MFU (default: table)")
     return parser.parse_args()
 

@@ -1,6 +1,7 @@
 """Timing helpers shared by the throughput benchmarks: images/s of a step, best of alternating rounds, FLOPs."""
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Callable
@@ -66,3 +67,21 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU x{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
+
+
+def step_parser(doc: str, default_batch: int, default_steps: int) -> argparse.ArgumentParser:
+    """The options every throughput script takes: model size and depth, input size, batches, timing rounds,
+    device, bf16 autocast (default on for cuda only) and torch.compile."""
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="base" if cuda else "tiny", choices=("tiny", "small", "base", "large"))
+    parser.add_argument("--depth", type=int, help="override the encoder depth (quick CPU runs)")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, nargs="+", default=[default_batch] if cuda else [16], help="run each")
+    parser.add_argument("--steps", type=int, default=default_steps, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds alternating ours and the reference; best kept")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: on for cuda, off on cpu)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model(s)")
+    return parser

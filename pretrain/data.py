@@ -90,7 +90,7 @@ class CheckedImageFolder(ImageFolder):
                 self.skipped.add(1)
                 print_log(f"{path}: unreadable image skipped ({error})", logger="current", level=logging.WARNING)
                 continue
-            return self.transform(image), target
+            return (image if self.transform is None else self.transform(image)), target
         raise UnreadableImageError(f"{self.root}: not one readable image")
 
 

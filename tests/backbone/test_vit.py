@@ -134,3 +134,13 @@ def test_invalid_options_are_named(options, message):
 def test_unknown_size_is_named():
     with pytest.raises(ValueError, match="huge"):
         build_vit("huge")
+
+
+def test_window_partition_round_trip_with_padding():
+    from timm.models.vision_transformer_sam import window_partition, window_unpartition
+    x = torch.randn(2, 5, 7, 3)  # a 5 x 7 grid in windows of 4: padded to 8 x 8, 4 windows per image
+    windows, padded = window_partition(x, 4)
+    assert windows.shape == (2 * 4, 4, 4, 3) and tuple(padded) == (8, 8)
+    torch.testing.assert_close(windows[1, :, :3], x[0, :4, 4:7])  # image 0, top-right window, before its padding
+    assert torch.all(windows[1, :, 3] == 0) and torch.all(windows[3, 1:] == 0)  # padding is zeros
+    torch.testing.assert_close(window_unpartition(windows, 4, (5, 7), padded), x)
