@@ -1,0 +1,71 @@
+"""ViTDet's backbone for torchvision's detectors: a plain ViT with window attention, and the simple feature
+pyramid that turns its single stride-16 map into strides 4, 8, 16, 32 and 64."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+
+from backbone import VisionTransformer, build_vit
+
+# ViTDet: global attention in these blocks, 14 x 14 windows elsewhere
+GLOBAL_BLOCKS = {"tiny": (2, 5, 8, 11), "small": (2, 5, 8, 11), "base": (2, 5, 8, 11), "large": (5, 11, 17, 23)}
+LEVEL_NAMES = ("p2", "p3", "p4", "p5")
+
+
+def _conv_norm(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+                         LayerNorm2d(out_channels, eps=1e-6))
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """From one stride-16 map of `dim` channels: x4 (two deconvolutions), x2 (one), x1 and x0.5 (max pool), each
+    followed by a 1x1 and a 3x3 convolution with LayerNorm to `out_channels`; p6 is p5 subsampled by 2."""
+
+    def __init__(self, dim: int, out_channels: int = 256):
+        super().__init__()
+        self.out_channels = out_channels
+        self.resamplers = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2, eps=1e-6), nn.GELU(),
+                          nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+            nn.Identity(),
+            nn.MaxPool2d(2),
+        ])
+        widths = (dim // 4, dim // 2, dim, dim)
+        self.outputs = nn.ModuleList([nn.Sequential(_conv_norm(width, out_channels, 1),
+                                                    _conv_norm(out_channels, out_channels, 3)) for width in widths])
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        levels = OrderedDict((name, out(resample(x))) for name, resample, out
+                             in zip(LEVEL_NAMES, self.resamplers, self.outputs, strict=True))
+        levels["p6"] = F.max_pool2d(levels["p5"], kernel_size=1, stride=2)
+        return levels
+
+
+class ViTDetBackbone(nn.Module):
+    """Our ViT's last block output as a stride-16 map, through the simple feature pyramid; `out_channels` is
+    what torchvision's detectors read."""
+
+    def __init__(self, net: VisionTransformer, out_channels: int = 256):
+        super().__init__()
+        self.net = net
+        self.pyramid = SimpleFeaturePyramid(net.embed_dim, out_channels)
+        self.out_channels = out_channels
+
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.pyramid(self.net.forward_feature_maps(images, [-1])[0])
+
+
+def build_vitdet_backbone(size: str, img_size: int = 1024, window_size: int = 14, drop_path_rate: float = 0.1,
+                          out_channels: int = 256, **vit_kwargs) -> ViTDetBackbone:
+    """ViTDet's ViT (no [CLS] token, windows except in GLOBAL_BLOCKS, decomposed relative position bias, LayerNorm
+    eps 1e-6) with its pyramid; keyword arguments override the ViT's settings (e.g. depth for tests)."""
+    vit_kwargs.setdefault("global_blocks", GLOBAL_BLOCKS[size])
+    net = build_vit(size, img_size=img_size, class_token=False, global_pool="avg", num_classes=0,
+                    window_size=window_size, use_rel_pos=True, drop_path_rate=drop_path_rate, norm_eps=1e-6,
+                    **vit_kwargs)
+    return ViTDetBackbone(net, out_channels)

@@ -1,0 +1,34 @@
+"""ViTDet backbone: pyramid strides and channels, and the ViT-B / ViT-L build at 1024 px (on the meta device)."""
+import pytest
+import torch
+
+from det.pyramid import GLOBAL_BLOCKS, build_vitdet_backbone
+
+
+def test_pyramid_levels_have_strides_4_to_64_and_the_asked_channels():
+    torch.manual_seed(0)
+    backbone = build_vitdet_backbone("tiny", img_size=64, window_size=2, depth=3, global_blocks=(1,), out_channels=32)
+    levels = backbone(torch.randn(2, 3, 64, 128))  # another size than built for: the pos embed is resampled
+    assert list(levels) == ["p2", "p3", "p4", "p5", "p6"]
+    assert [tuple(v.shape) for v in levels.values()] == [(2, 32, 64 // s, 128 // s) for s in (4, 8, 16, 32, 64)]
+    torch.testing.assert_close(levels["p6"], levels["p5"][:, :, ::2, ::2])  # p6: p5 subsampled
+    assert backbone.out_channels == 32
+
+
+@pytest.mark.parametrize(("size", "dim", "depth"), [("base", 768, 12), ("large", 1024, 24)])
+def test_builds_vitdet_shapes_without_running(size, dim, depth):
+    with torch.device("meta"):
+        backbone = build_vitdet_backbone(size)
+        levels = backbone(torch.empty(1, 3, 1024, 1024))
+    net = backbone.net
+    assert net.cls_token is None and tuple(net.pos_embed.shape) == (1, 64 * 64, dim)
+    windows = [block.window_size for block in net.blocks]
+    assert [i for i, w in enumerate(windows) if w == 0] == list(GLOBAL_BLOCKS[size]) and set(windows) == {0, 14}
+    head_dim = dim // net.blocks[0].attn.num_heads
+    assert tuple(net.blocks[0].attn.rel_pos_h.shape) == (2 * 14 - 1, head_dim)
+    assert tuple(net.blocks[GLOBAL_BLOCKS[size][0]].attn.rel_pos_h.shape) == (2 * 64 - 1, head_dim)
+    first = backbone.pyramid.resamplers[0]
+    assert tuple(first[0].weight.shape) == (dim, dim // 2, 2, 2) and tuple(first[3].weight.shape) == (
+        dim // 2, dim // 4, 2, 2)
+    assert [tuple(v.shape) for v in levels.values()] == [(1, 256, 1024 // s, 1024 // s) for s in (4, 8, 16, 32, 64)]
+    assert len(net.blocks) == depth
