@@ -104,8 +104,7 @@ def image_folder(root: str | Path, split: str, transform: transforms.Compose, sk
     dataset = CheckedImageFolder(str(folder), transform, skip_unreadable)
     if len(dataset) == 0:
         raise ValueError(f"{folder}: no images (expected {folder}/<class>/*.JPEG or other image files)")
-    empty = sorted(set(dataset.classes) - {dataset.classes[target] for target in dataset.targets})
-    if every_class and empty:
+    if every_class and (empty := sorted(set(dataset.classes) - {dataset.classes[t] for t in set(dataset.targets)})):
         raise ValueError(f"{folder}: class folders without images: {', '.join(empty)} (every class needs training "
                          "images; remove the folder or add images)")
     return dataset
