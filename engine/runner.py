@@ -5,6 +5,7 @@ that load with torch's safe `weights_only=True` (for resume too).
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ from .hooks import (
     torch_seeds_workers,
 )
 from .optim import DeviceOptimWrapper
+
+# mmengine keys a Runner's logger, visualizer and message hub by '<experiment name>_<time to the second>' and
+# reuses an existing one: a second Runner started within the same second in this process would log into the
+# first one's folder. Runners after the first get a run number in their name.
+_RUNNERS_BUILT = itertools.count()
 
 
 def distributed_launcher() -> str:
@@ -135,6 +141,8 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     `best_metric` as best_<metric>_epoch_N.pth and writes work_dir/metrics.json.
     """
     launcher = launcher or distributed_launcher()
+    if run := next(_RUNNERS_BUILT):
+        experiment_name = f"{experiment_name}_run{run}"
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     accumulation = batch_plan(spec.effective_batch, spec.batch_size, world_size)
     steps_per_epoch = iterations_per_epoch(len(dataset), spec.batch_size, world_size)

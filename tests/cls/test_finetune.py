@@ -1,6 +1,7 @@
 """Fine-tuning on the mmengine Runner: metric, checkpoint policy, evaluation files, exact resume."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,13 @@ def test_unreadable_training_image_is_named_or_skipped_and_counted(tmp_path, dat
                  *args]) == 0
     log = next(skip.glob("*/*.log")).read_text()
     assert f"{broken}: unreadable image skipped" in log and "1 unreadable images skipped so far" in log
+
+
+def test_runners_built_in_the_same_second_log_to_their_own_folders(tmp_path, data, monkeypatch):
+    monkeypatch.setattr("mmengine.runner.runner.time.strftime", lambda fmt, t=None: "20261123_120000")
+    first = build_finetune_runner(cfg_for(data, tmp_path / "first"))
+    second = build_finetune_runner(cfg_for(data, tmp_path / "second"))  # same timestamp as the first
+    assert first.logger is not second.logger and first.message_hub is not second.message_hub
+    assert first.visualizer is not second.visualizer
+    for runner in (first, second):
+        assert list(Path(runner.log_dir).glob("*.log")), f"no log file in {runner.log_dir}"
