@@ -147,8 +147,9 @@ def load_pretrained(
 ) -> LoadReport:
     """Load a checkpoint of any supported format into `model` and report every key.
 
-    `allowed_missing` (key prefixes) turns missing keys outside it into an error, e.g. ('head', 'fc_norm')
-    when fine-tuning a pre-trained encoder.
+    `allowed_missing` (first key components by prefix, or last components exactly) turns missing keys outside it
+    into an error, e.g. ('head', 'fc_norm') when fine-tuning a pre-trained encoder, or ('rel_pos_h', 'rel_pos_w')
+    for ViTDet's relative position tables, which pre-training does not have.
     """
     ckpt = source if isinstance(source, Checkpoint) else read_checkpoint(source, fmt, prefix, allow_pickle)
     state, dropped = split_pretraining_keys(ckpt.state, drop_decoder, drop_head)
@@ -166,7 +167,8 @@ def load_pretrained(
         missing=list(result.missing_keys), unexpected=list(result.unexpected_keys), dropped=dropped, notes=notes,
     )
     if allowed_missing is not None:
-        bad = [k for k in report.missing if not k.split(".")[0].startswith(tuple(allowed_missing))]
+        allowed = tuple(allowed_missing)
+        bad = [k for k in report.missing if not (k.split(".")[0].startswith(allowed) or k.split(".")[-1] in allowed)]
         if bad:
             raise CheckpointError(f"{ckpt.path}: keys missing from the checkpoint: {', '.join(bad)} "
                                   f"(only {', '.join(allowed_missing)} may be missing)")

@@ -24,7 +24,7 @@ VIT_SIZES: dict[str, dict[str, int]] = {
     "large": dict(embed_dim=1024, depth=24, num_heads=16),
 }
 POS_EMBED_INITS = ("sincos", "random")
-GLOBAL_POOLS = ("token", "avg")
+GLOBAL_POOLS = ("token", "avg", "")  # "": no pooling and no final norm (dense tasks read feature maps)
 
 
 def init_mae_style(module: nn.Module) -> None:
@@ -163,10 +163,9 @@ class VisionTransformer(nn.Module):
             rel_grid = ((window, window) if window else self.grid_size) if use_rel_pos else None
             self.blocks.append(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rates[i], norm_eps, window,
                                      rel_grid))
-        use_fc_norm = global_pool == "avg"
         self.global_pool = global_pool
-        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "token" else nn.Identity()
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "avg" else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         self._init_weights(pos_embed)
 
@@ -231,10 +230,10 @@ class VisionTransformer(nn.Module):
         return self.norm(self.run_blocks(x, grid)[0])
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[CLS] token, or fc_norm of the mean patch token (MAE fine-tuning's global pool)."""
+        """[CLS] token, or fc_norm of the mean patch token (MAE fine-tuning's global pool); all tokens for ""."""
         if self.global_pool == "avg":
             return self.fc_norm(tokens[:, self.num_prefix_tokens:].mean(dim=1))
-        return tokens[:, 0]
+        return tokens[:, 0] if self.global_pool == "token" else tokens
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled image feature (B, D)."""

@@ -64,6 +64,18 @@ def run_linprobe_command(args: argparse.Namespace) -> None:
     print(f"metrics: {run_linprobe(args.config, args.overrides)}")
 
 
+def run_det_train_command(args: argparse.Namespace) -> None:
+    from det.train import run_det_train
+
+    print(f"metrics: {run_det_train(args.config, args.overrides)}")
+
+
+def run_det_eval_command(args: argparse.Namespace) -> None:
+    from det.evaluate import run_det_eval
+
+    run_det_eval(args.config, args.overrides)
+
+
 def run_posacc_command(args: argparse.Namespace) -> None:
     from pretrain.posacc import run_posacc
 
@@ -153,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_command(cls, "posprobe", run_posprobe_command,
                        "position-sensitivity probe of a frozen backbone (paper Tab. 7)",
                        "config file or shipped name, e.g. posprobe_vit_base", "ckpt=PATH (required), data.root=...")
+
+    det = sub.add_parser("det", help="COCO detection and instance segmentation (ViTDet Mask R-CNN)")
+    det_commands = det.add_subparsers(dest="det_command", required=True)
+    add_config_command(det_commands, "train", run_det_train_command,
+                       "fine-tune a pre-trained ViT as a ViTDet Mask R-CNN on a COCO-layout dataset",
+                       "config file, or the name of a shipped one (det/configs/), e.g. mask_rcnn_vit_base_1x",
+                       "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=/data/coco")
+    add_config_command(det_commands, "eval", run_det_eval_command,
+                       "COCO box / mask AP of a trained detector on the val split",
+                       "the training config (model, data, batch size)",
+                       "ckpt=PATH (required, written by det train), data.root=..., work_dir=...")
     return parser
 
 

@@ -14,6 +14,7 @@ from backbone import VisionTransformer, build_vit
 # ViTDet: global attention in these blocks, 14 x 14 windows elsewhere
 GLOBAL_BLOCKS = {"tiny": (2, 5, 8, 11), "small": (2, 5, 8, 11), "base": (2, 5, 8, 11), "large": (5, 11, 17, 23)}
 LEVEL_NAMES = ("p2", "p3", "p4", "p5")
+STRIDES = (4, 8, 16, 32)
 
 
 def _conv_norm(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
@@ -21,23 +22,37 @@ def _conv_norm(in_channels: int, out_channels: int, kernel: int) -> nn.Sequentia
                          LayerNorm2d(out_channels, eps=1e-6))
 
 
-class SimpleFeaturePyramid(nn.Module):
-    """From one stride-16 map of `dim` channels: x4 (two deconvolutions), x2 (one), x1 and x0.5 (max pool), each
-    followed by a 1x1 and a 3x3 convolution with LayerNorm to `out_channels`; p6 is p5 subsampled by 2."""
+def _resampler(dim: int, factor: float) -> tuple[nn.Module, int]:
+    """ViTDet's resampling by `factor` (4: two deconvolutions, 2: one, 1: none, 1/k: k x k max pool) and the
+    width it leaves."""
+    if factor == 4:
+        return nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2, eps=1e-6),
+                             nn.GELU(), nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)), dim // 4
+    if factor == 2:
+        return nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), dim // 2
+    if factor == 1:
+        return nn.Identity(), dim
+    if factor < 1 and (1 / factor).is_integer():
+        return nn.MaxPool2d(int(1 / factor)), dim
+    raise ValueError(f"no simple-pyramid resampling by {factor}; expected 4, 2, 1 or 1/k")
 
-    def __init__(self, dim: int, out_channels: int = 256):
+
+class SimpleFeaturePyramid(nn.Module):
+    """From the ViT's single map (`dim` channels, stride `patch_size`), maps of strides 4, 8, 16 and 32: for
+    patch 16 x4 (two deconvolutions), x2 (one), x1 and x0.5 (max pool), each followed by a 1x1 and a 3x3
+    convolution with LayerNorm to `out_channels`; p6 is p5 subsampled by 2."""
+
+    def __init__(self, dim: int, out_channels: int = 256, patch_size: int = 16):
         super().__init__()
         self.out_channels = out_channels
-        self.resamplers = nn.ModuleList([
-            nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2, eps=1e-6), nn.GELU(),
-                          nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
-            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
-            nn.Identity(),
-            nn.MaxPool2d(2),
-        ])
-        widths = (dim // 4, dim // 2, dim, dim)
+        resamplers = [_resampler(dim, patch_size / stride) for stride in STRIDES]
+        self.resamplers = nn.ModuleList(module for module, _ in resamplers)
+        widths = [width for _, width in resamplers]
         self.outputs = nn.ModuleList([nn.Sequential(_conv_norm(width, out_channels, 1),
                                                     _conv_norm(out_channels, out_channels, 3)) for width in widths])
+        for conv in self.outputs.modules():
+            if isinstance(conv, nn.Conv2d):  # detectron2's c2_xavier_fill
+                nn.init.kaiming_uniform_(conv.weight, a=1)
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         levels = OrderedDict((name, out(resample(x))) for name, resample, out
@@ -53,7 +68,7 @@ class ViTDetBackbone(nn.Module):
     def __init__(self, net: VisionTransformer, out_channels: int = 256):
         super().__init__()
         self.net = net
-        self.pyramid = SimpleFeaturePyramid(net.embed_dim, out_channels)
+        self.pyramid = SimpleFeaturePyramid(net.embed_dim, out_channels, net.config["patch_size"])
         self.out_channels = out_channels
 
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
@@ -62,10 +77,12 @@ class ViTDetBackbone(nn.Module):
 
 def build_vitdet_backbone(size: str, img_size: int = 1024, window_size: int = 14, drop_path_rate: float = 0.1,
                           out_channels: int = 256, **vit_kwargs) -> ViTDetBackbone:
-    """ViTDet's ViT (no [CLS] token, windows except in GLOBAL_BLOCKS, decomposed relative position bias, LayerNorm
-    eps 1e-6) with its pyramid; keyword arguments override the ViT's settings (e.g. depth for tests)."""
+    """ViTDet's ViT (no [CLS] token and no final norm, windows except in GLOBAL_BLOCKS, decomposed relative
+    position bias, LayerNorm eps 1e-6, trainable pos embed) with its pyramid; keyword arguments override the
+    ViT's settings (e.g. depth for tests)."""
     vit_kwargs.setdefault("global_blocks", GLOBAL_BLOCKS[size])
-    net = build_vit(size, img_size=img_size, class_token=False, global_pool="avg", num_classes=0,
+    vit_kwargs.setdefault("pos_embed_trainable", True)
+    net = build_vit(size, img_size=img_size, class_token=False, global_pool="", num_classes=0,
                     window_size=window_size, use_rel_pos=True, drop_path_rate=drop_path_rate, norm_eps=1e-6,
                     **vit_kwargs)
     return ViTDetBackbone(net, out_channels)

@@ -21,31 +21,40 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A well-mixed 32-bit seed for (run seed, epoch, rank)."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+def mixed_seed(*keys: int) -> int:
+    """A well-mixed 32-bit seed for a tuple of integers, e.g. (run seed, epoch, rank)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 def torch_seeds_workers(worker_id: int) -> None:
-    """Keep PyTorch's own per-worker seeds (drawn from the main RNG that EpochSeedHook reseeds each epoch);
+    """Keep PyTorch's own per-worker seeds (drawn from the main RNG that ReseedHook reseeds each epoch);
     mmengine's default worker_init_fn would give the workers the same random stream in every epoch."""
 
 
-class EpochSeedHook(Hook):
-    """Reseed torch, numpy and random at every epoch start from (seed, epoch, rank).
+class ReseedHook(Hook):
+    """Reseed torch, numpy and random from (seed, epoch, rank) at every epoch start, or from (seed, iteration,
+    rank) before every iteration of an iteration-based run (`by_epoch=False`).
 
-    Masks, augmentations and data-loader worker seeds then depend only on the epoch, so a run resumed from an
-    epoch checkpoint repeats exactly what the uninterrupted run did (mmengine itself reseeds from the run seed
-    on resume, which would replay epoch 0's random stream).
+    Masks, augmentations, data-loader worker seeds and the model's own sampling then depend only on the epoch or
+    iteration, so a resumed run repeats exactly what the uninterrupted run did (mmengine itself reseeds from the
+    run seed on resume, which would replay the first epoch's random stream).
     """
 
     priority = "VERY_HIGH"
 
-    def __init__(self, seed: int):
-        self.seed = seed
+    def __init__(self, seed: int, by_epoch: bool = True):
+        self.seed, self.by_epoch = seed, by_epoch
 
     def before_train_epoch(self, runner) -> None:
-        value = epoch_seed(self.seed, runner.epoch, get_rank())
+        if self.by_epoch:
+            self._reseed(runner.epoch)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if not self.by_epoch:
+            self._reseed(runner.iter)
+
+    def _reseed(self, step: int) -> None:
+        value = mixed_seed(self.seed, step, get_rank())
         torch.manual_seed(value)
         np.random.seed(value)
         random.seed(value)
@@ -158,31 +167,38 @@ class ModelMetaHook(Hook):
 
 
 class MetricsFileHook(Hook):
-    """After every evaluation, write the epoch's metrics and the best epoch so far (by `best_metric`) to `path`.
+    """After every evaluation, write its metrics and the best evaluation so far (by `best_metric`) to `path`, one
+    row per epoch (or per evaluated iteration in an iteration-based run, `by_epoch=False`).
 
     Rows of earlier epochs already in the file are kept, so a resumed run still reports the best of all epochs.
     """
 
     priority = "LOW"
 
-    def __init__(self, path: Path, best_metric: str):
+    def __init__(self, path: Path, best_metric: str, by_epoch: bool = True):
         self.path, self.best_metric = path, best_metric
+        self.step_key = "epoch" if by_epoch else "iteration"
 
     def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
         if not metrics or not is_main_process():
             return
+        step = runner.epoch if self.step_key == "epoch" else runner.iter
         earlier = json.loads(self.path.read_text())["history"] if self.path.is_file() else []
-        history = [row for row in earlier if row["epoch"] < runner.epoch] + [dict(epoch=runner.epoch, **metrics)]
+        history = [row for row in earlier if row[self.step_key] < step] + [{self.step_key: step, **metrics}]
         best = max(history, key=lambda row: row[self.best_metric])
         write_json_atomic(self.path, dict(last=history[-1], best=best, history=history))
 
 
 class SkippedImagesHook(Hook):
-    """Logs after every epoch how many unreadable images the training set (`dataset.skipped`, a shared counter)
-    has skipped so far; silent while there are none."""
+    """Logs after every epoch (and every `every_iters` iterations, for iteration-based runs) how many unreadable
+    images the training set (`dataset.skipped`, a shared counter) has skipped so far; silent while there are none."""
 
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
+    def __init__(self, dataset: Any, every_iters: int | None = None):
+        self.dataset, self.every_iters = dataset, every_iters
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.every_iters and self.every_n_train_iters(runner, self.every_iters):
+            self.after_train_epoch(runner)
 
     def after_train_epoch(self, runner) -> None:
         skipped = self.dataset.skipped.value

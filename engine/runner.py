@@ -24,13 +24,14 @@ from backbone.safe_io import atomic_path
 
 from .hooks import (
     DeviceLogHook,
-    EpochSeedHook,
     MetricsFileHook,
     PlainCheckpointHook,
+    ReseedHook,
     SkippedImagesHook,
     torch_seeds_workers,
 )
 from .optim import DeviceOptimWrapper
+from .stream import StreamIterLoop, StreamSampler
 
 # mmengine keys a Runner's logger, visualizer and message hub by '<experiment name>_<time to the second>' and
 # reuses an existing one: a second Runner started within the same second in this process would log into the
@@ -74,10 +75,15 @@ class TrainRunner(Runner):
 
 @dataclass
 class TrainSpec:
-    """What every task decides before building its Runner (the rest is shared); values come from its config."""
+    """What every task decides before building its Runner (the rest is shared); values come from its config.
+
+    A run is epoch-based with warmup + cosine (`epochs`), or iteration-based with warmup + steps (`iterations`
+    and `lr_steps`, counted in optimizer steps as detection recipes state them; checkpoint and evaluation
+    intervals are then in optimizer steps too).
+    """
 
     work_dir: str
-    epochs: int
+    epochs: int | None
     batch_size: int
     effective_batch: int
     warmup_epochs: float
@@ -92,18 +98,30 @@ class TrainSpec:
     seed: int
     resume: bool | str
     custom_hooks: list[Hook] = field(default_factory=list)
+    iterations: int | None = None
+    lr_steps: tuple[int, ...] = ()
+    lr_step_factor: float = 0.1
+    warmup_factor: float = 1e-6  # lr at the first warmup step, relative to the peak
+    val_interval: int = 1
+
+    @property
+    def by_epoch(self) -> bool:
+        return self.iterations is None
 
     @classmethod
     def from_config(cls, cfg: Config, hooks: list[Hook] | None = None) -> TrainSpec:
         """The Runner settings every task's config holds under the same keys (see a shipped runtime config)."""
         schedule = cfg.schedule
         return cls(
-            work_dir=default_work_dir(cfg), epochs=schedule.epochs, batch_size=cfg.batch_size,
-            effective_batch=cfg.effective_batch, warmup_epochs=schedule.warmup_epochs,
-            warmup_iters=schedule.warmup_iters, min_lr=schedule.min_lr, precision=cfg.precision,
+            work_dir=default_work_dir(cfg), epochs=schedule.get("epochs"), batch_size=cfg.batch_size,
+            effective_batch=cfg.effective_batch, warmup_epochs=schedule.get("warmup_epochs", 0),
+            warmup_iters=schedule.warmup_iters, min_lr=schedule.get("min_lr", 0.0), precision=cfg.precision,
             clip_grad=cfg.optim.clip_grad, num_workers=cfg.data.num_workers, log_interval=cfg.log_interval,
             checkpoint_interval=cfg.checkpoint.interval, max_keep_checkpoints=cfg.checkpoint.max_keep,
             seed=cfg.seed, resume=cfg.resume, custom_hooks=list(hooks or []),
+            iterations=schedule.get("iterations"), lr_steps=tuple(schedule.get("steps", ())),
+            lr_step_factor=schedule.get("gamma", 0.1), warmup_factor=schedule.get("warmup_factor", 1e-6),
+            val_interval=schedule.get("val_interval") or schedule.get("iterations") or 1,
         )
 
 
@@ -116,29 +134,44 @@ def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int) -> 
     return steps
 
 
-def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float) -> list[dict]:
-    """Linear warmup then cosine, in iterations; warmup given in epochs or iterations. Every parameter group
-    ends at min_lr / peak_lr of its own peak, so layer-wise lr decay keeps its ratios to the end (as MAE)."""
-    total = spec.epochs * steps_per_epoch
-    warmup = spec.warmup_iters if spec.warmup_iters is not None else round(spec.warmup_epochs * steps_per_epoch)
+def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulation: int = 1) -> list[dict]:
+    """Linear warmup, then cosine (epoch-based runs) or steps (iteration-based runs), in loop iterations
+    (`accumulation` per optimizer step). Warmup is given in epochs or optimizer steps. With cosine every
+    parameter group ends at min_lr / peak_lr of its own peak, so layer-wise decay keeps its ratios (as MAE)."""
+    if spec.by_epoch:
+        total = spec.epochs * steps_per_epoch
+        warmup = spec.warmup_iters if spec.warmup_iters is not None else round(spec.warmup_epochs * steps_per_epoch)
+    else:
+        total, warmup = spec.iterations * accumulation, (spec.warmup_iters or 0) * accumulation
     if not 0 <= warmup < total:
         raise ValueError(f"warmup of {warmup} iterations must be shorter than the {total} training iterations")
     schedule = []
     if warmup:
-        schedule.append(dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup))
-    schedule.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min_ratio=spec.min_lr / peak_lr,
-                         by_epoch=False, begin=warmup, end=total))
+        schedule.append(dict(type="LinearLR", start_factor=spec.warmup_factor, by_epoch=False, begin=0, end=warmup))
+    if spec.by_epoch:
+        schedule.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min_ratio=spec.min_lr / peak_lr,
+                             by_epoch=False, begin=warmup, end=total))
+    elif spec.lr_steps:
+        steps = list(spec.lr_steps)
+        if steps != sorted(steps) or not 0 < steps[0] or steps[-1] >= spec.iterations:
+            raise ValueError(f"lr steps {list(spec.lr_steps)} must increase and lie inside the {spec.iterations} "
+                             "iterations")
+        schedule.append(dict(type="MultiStepLR", milestones=[step * accumulation for step in spec.lr_steps],
+                             gamma=spec.lr_step_factor, by_epoch=False, begin=0, end=total))
     return schedule
 
 
 def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.data.Dataset,
                        optimizer: torch.optim.Optimizer, experiment_name: str, cfg: Any = None,
                        launcher: str | None = None, val_dataset: torch.utils.data.Dataset | None = None,
-                       val_metric: BaseMetric | None = None, best_metric: str | None = None) -> TrainRunner:
-    """An epoch-based Runner for `model` on `dataset` with `optimizer` (whose lr already is the peak lr).
+                       val_metric: BaseMetric | None = None, best_metric: str | None = None,
+                       collate_fn: Any = "default_collate") -> TrainRunner:
+    """A Runner for `model` on `dataset` with `optimizer` (whose lr already is the peak lr), epoch- or
+    iteration-based as `spec` says; `collate_fn` batches both loaders (a function or an mmengine name).
 
-    With `val_dataset` and `val_metric` it evaluates after every epoch, keeps the checkpoint with the highest
-    `best_metric` as best_<metric>_epoch_N.pth and writes work_dir/metrics.json.
+    With `val_dataset` and `val_metric` it evaluates after every epoch (every `spec.val_interval` optimizer steps
+    and at the end of an iteration-based run), keeps the checkpoint with the highest `best_metric` as
+    best_<metric>_*.pth and writes work_dir/metrics.json.
     """
     launcher = launcher or distributed_launcher()
     if run := next(_RUNNERS_BUILT):
@@ -153,16 +186,24 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("gloo")
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    collate = dict(type=collate_fn)
+    if spec.by_epoch:
+        sampler, interval = dict(type="DefaultSampler", shuffle=True), 1
+        train_cfg = dict(by_epoch=True, max_epochs=spec.epochs, val_interval=spec.val_interval)
+    else:
+        sampler, interval = dict(type=StreamSampler), accumulation
+        train_cfg = dict(type=StreamIterLoop, max_iters=spec.iterations * accumulation,
+                         val_interval=spec.val_interval * accumulation)
     dataloader = dict(
         dataset=dataset, batch_size=spec.batch_size, num_workers=spec.num_workers, pin_memory=cuda,
-        persistent_workers=False, drop_last=True, sampler=dict(type="DefaultSampler", shuffle=True),
-        collate_fn=dict(type="default_collate"), worker_init_fn=dict(type=torch_seeds_workers),
+        persistent_workers=False, drop_last=True, sampler=sampler, collate_fn=collate,
+        worker_init_fn=dict(type=torch_seeds_workers),
     )
     optim_wrapper = DeviceOptimWrapper(optimizer, precision=spec.precision, max_norm=spec.clip_grad,
                                        accumulative_counts=accumulation)
     default_hooks = dict(
         logger=dict(type="LoggerHook", interval=spec.log_interval, ignore_last=False),
-        checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval, by_epoch=True,
+        checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval * interval, by_epoch=spec.by_epoch,
                         max_keep_ckpts=spec.max_keep_checkpoints, save_last=True,
                         save_best=best_metric, rule="greater" if best_metric else None),
     )
@@ -172,23 +213,25 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
             # no padding to equal rank sizes: metrics that sum counts would count the padded images twice
             val_dataloader=dict(dataset=val_dataset, batch_size=spec.batch_size, num_workers=spec.num_workers,
                                 pin_memory=cuda, sampler=dict(type="DefaultSampler", shuffle=False, round_up=False),
-                                collate_fn=dict(type="default_collate")),
+                                collate_fn=collate),
             val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(val_metric),
         )
-    hooks = [EpochSeedHook(spec.seed), DeviceLogHook(spec.log_interval), PlainCheckpointHook(), *spec.custom_hooks]
+    hooks = [ReseedHook(spec.seed, spec.by_epoch), DeviceLogHook(spec.log_interval), PlainCheckpointHook(),
+             *spec.custom_hooks]
     if hasattr(dataset, "skipped"):
-        hooks.append(SkippedImagesHook(dataset))
+        hooks.append(SkippedImagesHook(dataset, None if spec.by_epoch else spec.log_interval))
     if val_dataset is not None:
-        hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", best_metric))
+        hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", best_metric, spec.by_epoch))
     return TrainRunner(
         model=model, work_dir=spec.work_dir, experiment_name=experiment_name, train_dataloader=dataloader,
-        train_cfg=dict(by_epoch=True, max_epochs=spec.epochs, val_interval=1), optim_wrapper=optim_wrapper,
-        param_scheduler=lr_schedule(spec, steps_per_epoch, optimizer.defaults["lr"]), default_hooks=default_hooks,
-        custom_hooks=hooks, **validation,
+        train_cfg=train_cfg, optim_wrapper=optim_wrapper,
+        param_scheduler=lr_schedule(spec, steps_per_epoch, optimizer.defaults["lr"], accumulation),
+        default_hooks=default_hooks, custom_hooks=hooks, **validation,
         launcher=launcher, resume=bool(spec.resume), load_from=spec.resume if isinstance(spec.resume, str) else None,
         randomness=dict(seed=spec.seed),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if cuda else "gloo")),
-        log_processor=dict(window_size=spec.log_interval, mean_pattern=r".*(time|data_time).*"),
+        log_processor=dict(by_epoch=spec.by_epoch, window_size=spec.log_interval,
+                           mean_pattern=r".*(time|data_time).*"),
         visualizer=dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend"),
                                                          dict(type="TensorboardVisBackend")]),
         cfg=cfg,

@@ -32,3 +32,15 @@ def test_builds_vitdet_shapes_without_running(size, dim, depth):
         dim // 2, dim // 4, 2, 2)
     assert [tuple(v.shape) for v in levels.values()] == [(1, 256, 1024 // s, 1024 // s) for s in (4, 8, 16, 32, 64)]
     assert len(net.blocks) == depth
+
+
+def test_patch_8_backbones_keep_strides_4_to_64():
+    torch.manual_seed(0)
+    backbone = build_vitdet_backbone("tiny", img_size=64, patch_size=8, window_size=4, depth=2, global_blocks=(1,),
+                                     out_channels=16)
+    levels = backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(v.shape[-2:]) for v in levels.values()] == [(64 // s, 64 // s) for s in (4, 8, 16, 32, 64)]
+    assert [type(m).__name__ for m in backbone.pyramid.resamplers] == [
+        "ConvTranspose2d", "Identity", "MaxPool2d", "MaxPool2d"]
+    with pytest.raises(ValueError, match="resampling by 8"):
+        build_vitdet_backbone("tiny", img_size=64, patch_size=32, depth=1, global_blocks=(0,))

@@ -4,7 +4,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 from engine import batch_plan, load_config
-from engine.hooks import PlainCheckpointHook, RunningMeans, epoch_seed
+from engine.hooks import PlainCheckpointHook, RunningMeans, mixed_seed
 from engine.runner import iterations_per_epoch
 
 
@@ -36,9 +36,9 @@ def test_running_means_average_and_reset():
     assert means.pop() == {}
 
 
-def test_epoch_seeds_differ_by_epoch_and_rank_and_repeat():
-    seeds = {epoch_seed(0, e, r) for e in range(4) for r in range(4)}
-    assert len(seeds) == 16 and epoch_seed(0, 3, 1) == epoch_seed(0, 3, 1)
+def test_mixed_seeds_differ_by_epoch_and_rank_and_repeat():
+    seeds = {mixed_seed(0, e, r) for e in range(4) for r in range(4)}
+    assert len(seeds) == 16 and mixed_seed(0, 3, 1) == mixed_seed(0, 3, 1)
 
 
 def test_batch_plan_and_its_error():

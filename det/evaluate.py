@@ -1,0 +1,65 @@
+"""`droppos-bench det eval`: COCO box and mask AP of a trained detector on the val split (metrics.json and the
+detections as COCO results json)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from backbone import CheckpointError
+from backbone.checkpoint import read_checkpoint
+from backbone.safe_io import write_json_atomic
+from engine import load_config
+
+from .coco_metric import CocoMetric
+from .data import collate
+from .model import ViTDetMaskRCNN, build_mask_rcnn
+from .train import CONFIGS_DIR, RESULTS_FILE, coco_dataset
+
+PAPER_METRICS = ("APb", "APb50", "APb75", "APm", "APm50", "APm75")
+
+
+def load_detector(model: ViTDetMaskRCNN, path: str | Path, allow_pickle: bool = False) -> None:
+    """Load a whole detector trained here (a run checkpoint or its state dict); every key must match."""
+    state = read_checkpoint(path, prefix="", allow_pickle=allow_pickle).state
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: not a detector of this config: {len(result.missing_keys)} keys missing "
+            f"({', '.join(result.missing_keys[:5])}...), {len(result.unexpected_keys)} unexpected "
+            f"({', '.join(result.unexpected_keys[:5])}...); det eval takes a checkpoint written by det train")
+
+
+def evaluate_detector(model: ViTDetMaskRCNN, loader: DataLoader, metric: CocoMetric) -> dict[str, float]:
+    """Run the detector over the loader and compute the COCO numbers."""
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="eval", unit="batch"):
+            metric.process(batch, model.val_step(batch))
+    return metric.evaluate(len(loader.dataset))
+
+
+def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Evaluate `ckpt` (written by det train) per `config`; returns the metrics.json path."""
+    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    if not cfg.ckpt:
+        raise ValueError("det eval needs ckpt=PATH: a detector checkpoint written by det train")
+    val = coco_dataset(cfg, "val")
+    kwargs = dict(cfg.model)
+    model = build_mask_rcnn(len(val.category_ids), kwargs.pop("size"), precision=cfg.precision, **kwargs)
+    load_detector(model, cfg.ckpt, cfg.allow_pickle)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    out_dir = Path(cfg.work_dir or Path("work_dirs") / f"{cfg.config_name}_eval")
+    metric = CocoMetric(val.annotation_file, val.category_ids, results_file=out_dir / RESULTS_FILE)
+    loader = DataLoader(val, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda")
+    metrics = evaluate_detector(model, loader, metric)
+    out = out_dir / "metrics.json"
+    write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), split="val", images=len(val),
+                                **metrics))
+    print("  ".join(f"{name} {metrics[name] * 100:.1f}" for name in PAPER_METRICS) + f"  ({len(val)} images) -> {out}")
+    return out

@@ -1,0 +1,182 @@
+"""ViTDet's Mask R-CNN composed from torchvision's detection parts, as a model for mmengine's Runner.
+
+torchvision provides the anchor generator, RPN, proposal matching and sampling, box coding, NMS and the mask
+loss; ViTDet's choices are set on top: the simple feature pyramid over a plain ViT (det.pyramid), a 2-conv RPN
+head, a 4conv+1fc box head and a 4-conv mask head with LayerNorm, aligned RoIAlign (det.pooler) and L1 box
+losses (torchvision's are smooth L1 with beta 1/9).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import boxes as box_ops
+
+from engine.hooks import DeviceLoggedModel
+
+from .data import MEAN_RGB
+from .paste import paste_masks
+from .pooler import AlignedMultiScaleRoIAlign
+from .pyramid import LEVEL_NAMES, STRIDES, ViTDetBackbone, build_vitdet_backbone
+
+STD_RGB = (58.395, 57.12, 57.375)  # ImageNet statistics in 0-255, as ViTDet normalises
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+class L1RegionProposalNetwork(RegionProposalNetwork):
+    """torchvision's RPN with detectron2's losses: L1 on the deltas of the sampled positives, and both losses
+    summed over the sampled anchors and divided by batch_size_per_image x images (detectron2's normaliser)."""
+
+    def compute_loss(self, objectness: torch.Tensor, pred_bbox_deltas: torch.Tensor, labels: list[torch.Tensor],
+                     regression_targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        positive, negative = self.fg_bg_sampler(labels)
+        positive = torch.where(torch.cat(positive))[0]
+        sampled = torch.cat([positive, torch.where(torch.cat(negative))[0]])
+        normaliser = self.fg_bg_sampler.batch_size_per_image * len(labels)
+        box_loss = F.l1_loss(pred_bbox_deltas[positive].float(), torch.cat(regression_targets)[positive],
+                             reduction="sum") / normaliser
+        objectness_loss = F.binary_cross_entropy_with_logits(
+            objectness.flatten()[sampled].float(), torch.cat(labels)[sampled], reduction="sum") / normaliser
+        return objectness_loss, box_loss
+
+
+def box_losses(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: list[torch.Tensor],
+               regression_targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cross-entropy over the sampled proposals and L1 on the deltas predicted for each foreground proposal's
+    own class, summed and divided by the number of sampled proposals (detectron2's FastRCNNOutputLayers)."""
+    labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
+    foreground = torch.where(labels > 0)[0]
+    deltas = box_regression.reshape(len(labels), -1, 4)[foreground, labels[foreground]]
+    return {
+        "loss_classifier": F.cross_entropy(class_logits.float(), labels),
+        "loss_box_reg": F.l1_loss(deltas.float(), regression_targets[foreground], reduction="sum")
+        / max(labels.numel(), 1),
+    }
+
+
+class ViTDetRoIHeads(RoIHeads):
+    """torchvision's RoIHeads (proposal sampling, box decoding, NMS, mask loss and inference) with the L1 box
+    loss; box and mask branches only."""
+
+    def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                image_shapes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]] | None = None,
+                ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if self.training:
+            proposals, matched, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
+        if not self.training:
+            boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals,
+                                                                image_shapes)
+            mask_probs = maskrcnn_inference(self._mask_logits(features, boxes, image_shapes), labels)
+            return [dict(boxes=b, scores=s, labels=c, masks=m)
+                    for b, s, c, m in zip(boxes, scores, labels, mask_probs, strict=True)], {}
+        losses = box_losses(class_logits, box_regression, labels, regression_targets)
+        positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
+        mask_proposals = [p[keep] for p, keep in zip(proposals, positive, strict=True)]
+        losses["loss_mask"] = maskrcnn_loss(
+            self._mask_logits(features, mask_proposals, image_shapes).float(), mask_proposals,
+            [t["masks"] for t in targets], [t["labels"] for t in targets],
+            [m[keep] for m, keep in zip(matched, positive, strict=True)])
+        return [], losses
+
+    def _mask_logits(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                     image_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+
+
+class ViTDetMaskRCNN(DeviceLoggedModel):
+    """The Runner's detector. Batches come from det.data.collate: uint8 images padded to S x S, targets with
+    contiguous labels 0..C-1, and per-image metas (valid size, original size, scale, image id).
+
+    'loss' returns the five losses and their sum; 'predict' returns, per image, boxes (xyxy), scores, labels and
+    binary masks in the original image's pixels, ready for det.coco_metric.CocoMetric.
+    """
+
+    def __init__(self, backbone: ViTDetBackbone, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
+                 precision: str = "fp32"):
+        super().__init__()
+        self.backbone, self.rpn, self.roi_heads = backbone, rpn, roi_heads
+        self.bf16 = precision == "bf16"
+        self.register_buffer("mean", torch.tensor(MEAN_RGB).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(STD_RGB).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], metas: list[dict[str, Any]],
+                mode: str = "loss") -> Any:
+        if mode == "loss":
+            targets = [dict(t, labels=t["labels"] + 1) for t in targets]  # torchvision: 0 is background
+            losses = self._run(images, metas, targets)[1]
+            return {"loss": sum(losses.values()), **losses}
+        if mode == "predict":  # training autocasts through the optimizer wrapper; evaluation here
+            with torch.autocast(images.device.type, torch.bfloat16, enabled=self.bf16):
+                detections = self._run(images, metas)[0]
+            return [to_original_image(d, m) for d, m in zip(detections, metas, strict=True)]
+        raise ValueError(f"mode={mode!r}; expected 'loss' or 'predict'")
+
+    def _run(self, images: torch.Tensor, metas: list[dict[str, Any]],
+             targets: list[dict[str, torch.Tensor]] | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:
+        pixels = (images.float() - self.mean) / self.std
+        image_sizes = [tuple(int(v) for v in m["image_size"]) for m in metas]
+        features = self.backbone(pixels)
+        proposals, rpn_losses = self.rpn(ImageList(pixels, image_sizes), features, targets)
+        detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
+        return detections, {"loss_rpn_cls": rpn_losses.get("loss_objectness"),
+                             "loss_rpn_loc": rpn_losses.get("loss_rpn_box_reg"), **head_losses}
+
+
+def to_original_image(detection: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Boxes divided by the resize scale and clipped, masks pasted at the original size, labels 0..C-1."""
+    height, width = (int(v) for v in meta["orig_size"])
+    boxes = box_ops.clip_boxes_to_image(detection["boxes"].float() / meta["scale"], (height, width))
+    return dict(image_id=int(meta["image_id"]), boxes=boxes, scores=detection["scores"].float(),
+                labels=detection["labels"] - 1, masks=paste_masks(detection["masks"][:, 0], boxes, height, width))
+
+
+def build_mask_rcnn(num_classes: int, size: str, img_size: int = 1024, head_channels: int = 256,
+                    fc_channels: int = 1024, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+                    roi_batch_size: int = 512, score_thresh: float = 0.05, precision: str = "fp32",
+                    **backbone_kwargs) -> ViTDetMaskRCNN:
+    """ViTDet's Mask R-CNN for `num_classes` classes on a ViT of `size` at `img_size` (square) input.
+
+    Sampling and NMS settings are ViTDet's (those of detectron2's Mask R-CNN). `backbone_kwargs` go to
+    build_vitdet_backbone (window_size, drop_path_rate, out_channels, depth, ...); narrow `head_channels`,
+    `fc_channels`, small `anchor_sizes` and fewer sampled proposals per image (`roi_batch_size`) make the tiny
+    test models. At test time detections below `score_thresh` are dropped before NMS keeps the best 100.
+    """
+    backbone = build_vitdet_backbone(size, img_size=img_size, **backbone_kwargs)
+    channels = backbone.out_channels
+    levels = (*LEVEL_NAMES, "p6")
+    if len(anchor_sizes) != len(levels):
+        raise ValueError(f"anchor_sizes needs one size per pyramid level {levels}, got {list(anchor_sizes)}")
+    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (ASPECT_RATIOS,) * len(levels))
+    rpn = L1RegionProposalNetwork(
+        anchors, RPNHead(channels, len(ASPECT_RATIOS), conv_depth=2), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+        batch_size_per_image=256, positive_fraction=0.5, pre_nms_top_n=dict(training=2000, testing=1000),
+        post_nms_top_n=dict(training=1000, testing=1000), nms_thresh=0.7)
+    box_predictor = FastRCNNPredictor(fc_channels, num_classes + 1)
+    mask_predictor = MaskRCNNPredictor(head_channels, head_channels, num_classes + 1)
+    roi_heads = ViTDetRoIHeads(
+        box_roi_pool=AlignedMultiScaleRoIAlign(LEVEL_NAMES, 7, strides=STRIDES),
+        box_head=FastRCNNConvFCHead((channels, 7, 7), [head_channels] * 4, [fc_channels], norm_layer=LayerNorm2d),
+        box_predictor=box_predictor, fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=roi_batch_size,
+        positive_fraction=0.25, bbox_reg_weights=None, score_thresh=score_thresh, nms_thresh=0.5,
+        detections_per_img=100,
+        mask_roi_pool=AlignedMultiScaleRoIAlign(LEVEL_NAMES, 14, strides=STRIDES),
+        mask_head=MaskRCNNHeads(channels, [head_channels] * 4, 1, norm_layer=LayerNorm2d),
+        mask_predictor=mask_predictor)
+    # detectron2's predictor initialisation: near-zero outputs at the start
+    for layer, std in ((box_predictor.cls_score, 0.01), (box_predictor.bbox_pred, 0.001),
+                       (mask_predictor.mask_fcn_logits, 0.001)):
+        nn.init.normal_(layer.weight, std=std)
+        nn.init.zeros_(layer.bias)
+    return ViTDetMaskRCNN(backbone, rpn, roi_heads, precision)

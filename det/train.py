@@ -1,0 +1,79 @@
+"""`droppos-bench det train`: ViTDet Mask R-CNN fine-tuning of a pre-trained ViT on a COCO-layout dataset."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import set_random_seed
+
+from backbone import load_pretrained, param_groups_layer_decay
+from engine import build_train_runner, load_config
+from engine.hooks import ModelMetaHook
+from engine.runner import TrainSpec, default_work_dir
+
+from .coco_metric import CocoMetric
+from .data import CocoDetection, coco_paths, collate, eval_transform, lsj_transform
+from .model import ViTDetMaskRCNN, build_mask_rcnn
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+BACKBONE_PREFIX = "backbone.net."
+RESULTS_FILE = "detections.json"  # COCO results json of the last evaluation, in the work dir
+log = logging.getLogger("droppos_bench")
+
+
+def build_detector(cfg: Config, num_classes: int) -> ViTDetMaskRCNN:
+    """The Mask R-CNN of `cfg.model`, its ViT loaded from the pre-trained encoder `cfg.ckpt` if set (pos embed
+    resampled to the input grid; only ViTDet's relative position tables may be missing)."""
+    kwargs = dict(cfg.model)
+    set_random_seed(cfg.seed)
+    model = build_mask_rcnn(num_classes, kwargs.pop("size"), precision=cfg.precision, **kwargs)
+    if cfg.ckpt:
+        report = load_pretrained(model.backbone.net, cfg.ckpt, allow_pickle=cfg.allow_pickle,
+                                 allowed_missing=("rel_pos_h", "rel_pos_w"))
+        log.info("%s", report)
+    return model
+
+
+def coco_dataset(cfg: Config, split: str) -> CocoDetection:
+    """The train split with large scale jitter, or the val split resized for testing."""
+    annotations, images = coco_paths(cfg.data.root, split)
+    size = cfg.model.img_size
+    transform = lsj_transform(size, tuple(cfg.data.scale_range)) if split == "train" else eval_transform(size)
+    return CocoDetection(annotations, images, transform, train=split == "train", skip_invalid=cfg.data.skip_invalid)
+
+
+def build_det_runner(cfg: Config):
+    """Data, detector, layer-decayed AdamW, warmup + step schedule and COCO evaluation of a config, as a Runner."""
+    train, val = coco_dataset(cfg, "train"), coco_dataset(cfg, "val")
+    if train.category_ids != val.category_ids:
+        raise ValueError(f"{train.annotation_file} and {val.annotation_file} list different categories")
+    model = build_detector(cfg, len(train.category_ids))
+    if cfg.compile:
+        model.backbone.compile()
+    net = model.backbone.net
+    groups = param_groups_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay,
+                                      net.num_layers, backbone_prefix=BACKBONE_PREFIX)
+    # the full-lr group first: mmengine logs the lr of the first group
+    optimizer = torch.optim.AdamW(groups[::-1], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  fused=torch.cuda.is_available())
+    work_dir = Path(default_work_dir(cfg))
+    metric = CocoMetric(val.annotation_file, val.category_ids, results_file=work_dir / RESULTS_FILE)
+    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
+                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val, val_metric=metric,
+                                best_metric="APb", collate_fn=collate)
+    runner.register_hook(ModelMetaHook(BACKBONE_PREFIX, dict(net.config)))
+    runner.logger.info(f"ViTDet Mask R-CNN, ViT-{cfg.model.size} at {cfg.model.img_size} px, on {len(train)} images / "
+                       f"{len(train.category_ids)} classes; effective batch {cfg.effective_batch}, lr "
+                       f"{cfg.optim.lr:.3g}, layer decay {cfg.optim.layer_decay}, {cfg.schedule.iterations} steps")
+    return runner
+
+
+def run_det_train(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Train per `config` with `key=value` overrides; returns the path of metrics.json."""
+    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    runner = build_det_runner(cfg)
+    runner.train()
+    return Path(runner.work_dir) / "metrics.json"
