@@ -9,12 +9,17 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from backbone import VisionTransformer, build_vit
+from backbone import VIT_SIZES, VisionTransformer, build_vit
 
 # ViTDet: global attention in these blocks, 14 x 14 windows elsewhere
-GLOBAL_BLOCKS = {"tiny": (2, 5, 8, 11), "small": (2, 5, 8, 11), "base": (2, 5, 8, 11), "large": (5, 11, 17, 23)}
 LEVEL_NAMES = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
+
+
+def global_blocks(depth: int) -> tuple[int, ...]:
+    """ViTDet's global-attention blocks: the last of each quarter of the depth (2, 5, 8, 11 of 12 blocks;
+    5, 11, 17, 23 of 24); windows elsewhere."""
+    return tuple(sorted({max((quarter + 1) * depth // 4 - 1, 0) for quarter in range(4)}))
 
 
 def _conv_norm(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
@@ -77,10 +82,10 @@ class ViTDetBackbone(nn.Module):
 
 def build_vitdet_backbone(size: str, img_size: int = 1024, window_size: int = 14, drop_path_rate: float = 0.1,
                           out_channels: int = 256, **vit_kwargs) -> ViTDetBackbone:
-    """ViTDet's ViT (no [CLS] token and no final norm, windows except in GLOBAL_BLOCKS, decomposed relative
+    """ViTDet's ViT (no [CLS] token and no final norm, windows except in global_blocks(depth), decomposed relative
     position bias, LayerNorm eps 1e-6, trainable pos embed) with its pyramid; keyword arguments override the
     ViT's settings (e.g. depth for tests)."""
-    vit_kwargs.setdefault("global_blocks", GLOBAL_BLOCKS[size])
+    vit_kwargs.setdefault("global_blocks", global_blocks(vit_kwargs.get("depth", VIT_SIZES[size]["depth"])))
     vit_kwargs.setdefault("pos_embed_trainable", True)
     net = build_vit(size, img_size=img_size, class_token=False, global_pool="", num_classes=0,
                     window_size=window_size, use_rel_pos=True, drop_path_rate=drop_path_rate, norm_eps=1e-6,

@@ -1,12 +1,14 @@
+import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from det.paste import paste_masks
 
 
-def test_full_masks_paste_to_the_pixels_whose_centres_lie_in_the_box():
+@pytest.mark.parametrize("per_box", [True, False])
+def test_full_masks_paste_to_the_pixels_whose_centres_lie_in_the_box(per_box):
     boxes = torch.tensor([[3.2, 5.7, 20.4, 11.1], [0.0, 0.0, 40.0, 30.0], [30.6, 2.2, 35.9, 29.3]])
-    pasted = paste_masks(torch.ones(3, 28, 28), boxes, 30, 40)
+    pasted = paste_masks(torch.ones(3, 28, 28), boxes, 30, 40, per_box=per_box)
     ys, xs = torch.meshgrid(torch.arange(30) + 0.5, torch.arange(40) + 0.5, indexing="ij")
     for box, mask in zip(boxes, pasted, strict=True):
         inside = (xs >= box[0]) & (xs <= box[2]) & (ys >= box[1]) & (ys <= box[3])
@@ -63,11 +65,15 @@ def test_agrees_with_torchvision_paste_on_blobs_and_chunks_change_nothing(monkey
     intersection = (ours & theirs).flatten(1).sum(1).float()
     union = (ours | theirs).flatten(1).sum(1).float()
     assert (intersection / union).min() > 0.85, intersection / union
+    assert torch.equal(paste_masks(masks, boxes, height, width, per_box=False), ours)  # the GPU path
     monkeypatch.setattr("det.paste.CHUNK_PIXELS", height * width * 3)  # 3 masks per call
-    assert torch.equal(paste_masks(masks, boxes, height, width), ours)
+    assert torch.equal(paste_masks(masks, boxes, height, width, per_box=False), ours)
 
 
-def test_no_masks_and_degenerate_boxes():
-    assert paste_masks(torch.zeros(0, 28, 28), torch.zeros(0, 4), 10, 12).shape == (0, 10, 12)
-    flat = paste_masks(torch.ones(1, 28, 28), torch.tensor([[5.0, 5.0, 5.0, 9.0]]), 10, 12)
+@pytest.mark.parametrize("per_box", [True, False])
+def test_no_masks_and_degenerate_boxes(per_box):
+    assert paste_masks(torch.zeros(0, 28, 28), torch.zeros(0, 4), 10, 12, per_box=per_box).shape == (0, 10, 12)
+    flat = paste_masks(torch.ones(1, 28, 28), torch.tensor([[5.0, 5.0, 5.0, 9.0]]), 10, 12, per_box=per_box)
     assert flat.sum() == 0
+    outside = paste_masks(torch.ones(1, 28, 28), torch.tensor([[-9.0, 20.0, -2.0, 30.0]]), 10, 12, per_box=per_box)
+    assert outside.sum() == 0

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from det.pyramid import GLOBAL_BLOCKS, build_vitdet_backbone
+from det.pyramid import build_vitdet_backbone, global_blocks
 
 
 def test_pyramid_levels_have_strides_4_to_64_and_the_asked_channels():
@@ -15,18 +15,19 @@ def test_pyramid_levels_have_strides_4_to_64_and_the_asked_channels():
     assert backbone.out_channels == 32
 
 
-@pytest.mark.parametrize(("size", "dim", "depth"), [("base", 768, 12), ("large", 1024, 24)])
-def test_builds_vitdet_shapes_without_running(size, dim, depth):
+@pytest.mark.parametrize(("size", "dim", "depth", "blocks"), [("base", 768, 12, (2, 5, 8, 11)),
+                                                               ("large", 1024, 24, (5, 11, 17, 23))])
+def test_builds_vitdet_shapes_without_running(size, dim, depth, blocks):
     with torch.device("meta"):
         backbone = build_vitdet_backbone(size)
         levels = backbone(torch.empty(1, 3, 1024, 1024))
     net = backbone.net
     assert net.cls_token is None and tuple(net.pos_embed.shape) == (1, 64 * 64, dim)
     windows = [block.window_size for block in net.blocks]
-    assert [i for i, w in enumerate(windows) if w == 0] == list(GLOBAL_BLOCKS[size]) and set(windows) == {0, 14}
+    assert [i for i, w in enumerate(windows) if w == 0] == list(blocks) and set(windows) == {0, 14}
     head_dim = dim // net.blocks[0].attn.num_heads
     assert tuple(net.blocks[0].attn.rel_pos_h.shape) == (2 * 14 - 1, head_dim)
-    assert tuple(net.blocks[GLOBAL_BLOCKS[size][0]].attn.rel_pos_h.shape) == (2 * 64 - 1, head_dim)
+    assert tuple(net.blocks[blocks[0]].attn.rel_pos_h.shape) == (2 * 64 - 1, head_dim)
     first = backbone.pyramid.resamplers[0]
     assert tuple(first[0].weight.shape) == (dim, dim // 2, 2, 2) and tuple(first[3].weight.shape) == (
         dim // 2, dim // 4, 2, 2)
@@ -44,3 +45,8 @@ def test_patch_8_backbones_keep_strides_4_to_64():
         "ConvTranspose2d", "Identity", "MaxPool2d", "MaxPool2d"]
     with pytest.raises(ValueError, match="resampling by 8"):
         build_vitdet_backbone("tiny", img_size=64, patch_size=32, depth=1, global_blocks=(0,))
+
+
+def test_global_blocks_end_each_quarter_for_any_depth():
+    assert global_blocks(12) == (2, 5, 8, 11) and global_blocks(24) == (5, 11, 17, 23)
+    assert global_blocks(4) == (0, 1, 2, 3) and global_blocks(2) == (0, 1) and global_blocks(6) == (0, 2, 3, 5)
