@@ -50,6 +50,15 @@ class L1RegionProposalNetwork(RegionProposalNetwork):
         return objectness_loss, box_loss
 
 
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs: under bf16 autocast torchvision would decode the deltas in
+    bf16, which puts proposal corners on a 4-8 px grid at 1024 px."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
 def box_losses(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: list[torch.Tensor],
                regression_targets: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Cross-entropy over the sampled proposals and L1 on the deltas predicted for each foreground proposal's
@@ -73,8 +82,8 @@ class ViTDetRoIHeads(RoIHeads):
                 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         if self.training:
             proposals, matched, labels, regression_targets = self.select_training_samples(proposals, targets)
-        class_logits, box_regression = self.box_predictor(
-            self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
+        class_logits, box_regression = (t.float() for t in self.box_predictor(  # float32 box decoding, as the RPN
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes))))
         if not self.training:
             boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals,
                                                                 image_shapes)
@@ -128,7 +137,9 @@ class ViTDetMaskRCNN(DeviceLoggedModel):
         pixels = (images.float() - self.mean) / self.std
         image_sizes = [tuple(int(v) for v in m["image_size"]) for m in metas]
         features = self.backbone(pixels)
-        proposals, rpn_losses = self.rpn(ImageList(pixels, image_sizes), features, targets)
+        # float32 features for the RPN: torchvision makes its anchors in their dtype (bf16 would round corners)
+        proposals, rpn_losses = self.rpn(ImageList(pixels, image_sizes), {k: v.float() for k, v in features.items()},
+                                         targets)
         detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
         return detections, {"loss_rpn_cls": rpn_losses.get("loss_objectness"),
                              "loss_rpn_loc": rpn_losses.get("loss_rpn_box_reg"), **head_losses}
@@ -160,7 +171,7 @@ def build_mask_rcnn(num_classes: int, size: str, img_size: int = 1024, head_chan
         raise ValueError(f"anchor_sizes needs one size per pyramid level {levels}, got {list(anchor_sizes)}")
     anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (ASPECT_RATIOS,) * len(levels))
     rpn = L1RegionProposalNetwork(
-        anchors, RPNHead(channels, len(ASPECT_RATIOS), conv_depth=2), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
+        anchors, Float32RPNHead(channels, len(ASPECT_RATIOS), conv_depth=2), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
         batch_size_per_image=256, positive_fraction=0.5, pre_nms_top_n=dict(training=2000, testing=1000),
         post_nms_top_n=dict(training=1000, testing=1000), nms_thresh=0.7)
     box_predictor = FastRCNNPredictor(fc_channels, num_classes + 1)

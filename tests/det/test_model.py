@@ -95,3 +95,28 @@ def test_training_gives_five_losses_and_prediction_maps_back_to_the_original_ima
         assert output["masks"].shape == (len(output["boxes"]), height, width) and output["masks"].dtype == torch.bool
         assert (output["boxes"][:, 2] <= width).all() and (output["boxes"][:, 3] <= height).all()
         assert set(output["labels"].tolist()) <= {0, 1, 2}
+
+
+def test_boxes_are_decoded_in_float32_under_bf16_autocast():
+    """torchvision decodes deltas in their dtype and makes anchors in the features' dtype: in bf16, corners near
+    1024 px would fall on an 8 px grid."""
+    torch.manual_seed(0)
+    model = build_mask_rcnn(3, "tiny", score_thresh=0.0, precision="bf16", **TINY).eval()  # predict autocasts
+    dtypes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            first = output[0] if isinstance(output, (tuple, list)) else output
+            first = first[0] if isinstance(first, (tuple, list)) else first
+            dtypes[name] = first.dtype if isinstance(first, torch.Tensor) else next(iter(first.values())).dtype
+        return hook
+
+    for name, module in (("backbone", model.backbone), ("anchors", model.rpn.anchor_generator),
+                         ("rpn head", model.rpn.head), ("proposals", model.rpn)):
+        module.register_forward_hook(record(name))
+    metas = [dict(image_id=1, image_size=(64, 64), orig_size=(64, 64), scale=1.0)]
+    with torch.no_grad():
+        output = model(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), None, metas, mode="predict")[0]
+    assert dtypes.pop("backbone") == torch.bfloat16  # autocast is on
+    assert dtypes == {"anchors": torch.float32, "rpn head": torch.float32, "proposals": torch.float32}
+    assert output["boxes"].dtype == torch.float32 and len(output["boxes"]) > 0
