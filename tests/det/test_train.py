@@ -8,8 +8,9 @@ import torch
 from mmengine.hooks import Hook
 from torch.utils.data import DataLoader
 
-from backbone import load_model
+from backbone import CheckpointError, build_vit, export_checkpoint, load_model
 from backbone.checkpoint import read_checkpoint
+from backbone.pos_embed import resample_pos_embed
 from benchmarks.cli import main
 from benchmarks.synthetic import synthesize
 from det.coco_metric import CocoMetric
@@ -155,3 +156,19 @@ def test_training_improves_box_and_mask_ap_over_the_untrained_model(tmp_path):
     print(message)
     assert after["APb50"] > before["APb50"] + 0.01 and after["APb"] > before["APb"], message
     assert after["APm"] > before["APm"], message
+
+
+def test_a_pretrained_encoder_initialises_the_backbone_with_its_pos_embed_resampled(data, tmp_path):
+    torch.manual_seed(1)
+    encoder = build_vit("tiny", img_size=64, patch_size=8, depth=4, global_pool="avg")  # [CLS], 8 x 8 grid
+    export_checkpoint(encoder, tmp_path / "encoder.safetensors")
+    model = build_detector(config(data, tmp_path, ckpt=tmp_path / "encoder.safetensors"), 8)
+    net = model.backbone.net
+    torch.testing.assert_close(net.blocks[2].attn.qkv.weight, encoder.blocks[2].attn.qkv.weight)
+    expected = resample_pos_embed(encoder.pos_embed.detach(), (16, 16), 1, 0, (8, 8))
+    torch.testing.assert_close(net.pos_embed, expected)  # [CLS] slot dropped, 8 x 8 -> 16 x 16
+    assert torch.count_nonzero(net.blocks[0].attn.rel_pos_h) == 0  # ViTDet's tables start at zero
+    wider = build_vit("small", img_size=64, patch_size=8, depth=4)
+    export_checkpoint(wider, tmp_path / "small.safetensors")
+    with pytest.raises(CheckpointError, match="width 384"):
+        build_detector(config(data, tmp_path, ckpt=tmp_path / "small.safetensors"), 8)
