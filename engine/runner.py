@@ -136,13 +136,14 @@ def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int) -> 
 
 def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulation: int = 1) -> list[dict]:
     """Linear warmup, then cosine (epoch-based runs) or steps (iteration-based runs), in loop iterations
-    (`accumulation` per optimizer step). Warmup is given in epochs or optimizer steps. With cosine every
-    parameter group ends at min_lr / peak_lr of its own peak, so layer-wise decay keeps its ratios (as MAE)."""
-    if spec.by_epoch:
-        total = spec.epochs * steps_per_epoch
-        warmup = spec.warmup_iters if spec.warmup_iters is not None else round(spec.warmup_epochs * steps_per_epoch)
+    (`accumulation` per optimizer step). Warmup is given in epochs or in optimizer steps (`warmup_iters`). With
+    cosine every parameter group ends at min_lr / peak_lr of its own peak, so layer-wise decay keeps its ratios
+    (as MAE)."""
+    total = spec.epochs * steps_per_epoch if spec.by_epoch else spec.iterations * accumulation
+    if spec.warmup_iters is not None:
+        warmup = spec.warmup_iters * accumulation
     else:
-        total, warmup = spec.iterations * accumulation, (spec.warmup_iters or 0) * accumulation
+        warmup = round(spec.warmup_epochs * steps_per_epoch) if spec.by_epoch else 0
     if not 0 <= warmup < total:
         raise ValueError(f"warmup of {warmup} iterations must be shorter than the {total} training iterations")
     schedule = []

@@ -19,7 +19,7 @@ optim = dict(
 )
 schedule = dict(
     epochs=200,
-    warmup_epochs=10,  # linear warmup, then cosine to min_lr; or set warmup_iters (iterations) instead
+    warmup_epochs=10,  # linear warmup, then cosine to min_lr; or set warmup_iters (optimizer steps) instead
     warmup_iters=None,
     min_lr=0.0,
 )
