@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.hooks import Hook
 
 from backbone import CheckpointError, build_vit, export_checkpoint
 from benchmarks.cli import main
@@ -66,24 +65,7 @@ def test_loads_encoder_with_fresh_small_head(tmp_path, data):
     assert not frozen.pos_embed.requires_grad
 
 
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAfterEpoch(Hook):
-    """Stops training after epoch `epoch` is saved, before its evaluation."""
-
-    priority = "LOWEST"
-
-    def __init__(self, epoch=2):
-        self.epoch = epoch
-
-    def after_train_epoch(self, runner):
-        if runner.epoch + 1 == self.epoch:
-            raise Interrupt
-
-
-def test_finetune_eval_and_exact_resume(tmp_path, data, capsys):
+def test_finetune_eval_and_exact_resume(tmp_path, data, capsys, stop_after):
     full = tmp_path / "full"
     args = [f"{k}={v}" for k, v in {"data.root": data, "work_dir": full, **RUN}.items()]
     assert main(["cls", "finetune", "finetune_tiny_synth", *args]) == 0
@@ -105,8 +87,8 @@ def test_finetune_eval_and_exact_resume(tmp_path, data, capsys):
     assert "keys missing from the checkpoint" in capsys.readouterr().err  # no head: not a fine-tuned model
 
     runner = build_finetune_runner(cfg_for(data, tmp_path / "split"))
-    runner.register_hook(InterruptAfterEpoch())
-    with pytest.raises(Interrupt):
+    runner.register_hook(stop_after(epoch=2))
+    with pytest.raises(InterruptedError):
         runner.train()
     resumed = build_finetune_runner(cfg_for(data, tmp_path / "split", resume=True))
     resumed.train()
@@ -119,7 +101,7 @@ def test_finetune_eval_and_exact_resume(tmp_path, data, capsys):
     assert split["history"][0] == metrics["history"][0] and split["last"] == metrics["last"]
 
 
-def test_ema_is_evaluated_checkpointed_and_resumed_exactly(tmp_path, data):
+def test_ema_is_evaluated_checkpointed_and_resumed_exactly(tmp_path, data, stop_after):
     ema = {"ema.enabled": True, "ema.decay": 0.9, "schedule.epochs": 2}
     full = build_finetune_runner(cfg_for(data, tmp_path / "full", **ema))
     full.train()
@@ -135,8 +117,8 @@ def test_ema_is_evaluated_checkpointed_and_resumed_exactly(tmp_path, data):
     assert json.loads((evaluated / "metrics.json").read_text())["top1"] == last["top1"]  # val scored the average
 
     split = build_finetune_runner(cfg_for(data, tmp_path / "split", **ema))
-    split.register_hook(InterruptAfterEpoch(epoch=1))
-    with pytest.raises(Interrupt):
+    split.register_hook(stop_after(epoch=1))
+    with pytest.raises(InterruptedError):
         split.train()
     build_finetune_runner(cfg_for(data, tmp_path / "split", resume=True, **ema)).train()
     resumed = torch.load(tmp_path / "split" / "epoch_2.pth", weights_only=True)

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.hooks import Hook
 from torch.utils.data import DataLoader
 
 from backbone import CheckpointError, build_vit, export_checkpoint, load_model
@@ -50,25 +49,10 @@ def short_run(data, tmp_path_factory):
     return runner
 
 
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAfter(Hook):
-    priority = "LOWEST"  # after the checkpoint of that iteration is written
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if runner.iter + 1 == self.iteration:
-            raise Interrupt
-
-
-def test_resume_after_interruption_matches_the_uninterrupted_run(data, short_run, tmp_path):
+def test_resume_after_interruption_matches_the_uninterrupted_run(data, short_run, tmp_path, stop_after):
     cut = build_det_runner(config(data, tmp_path))
-    cut.register_hook(InterruptAfter(4))  # 4 loop iterations = 2 optimizer steps
-    with pytest.raises(Interrupt):
+    cut.register_hook(stop_after(iteration=4))  # 4 loop iterations = 2 optimizer steps
+    with pytest.raises(InterruptedError):
         cut.train()
     resumed = build_det_runner(config(data, tmp_path, resume=True))
     resumed.train()

@@ -3,7 +3,6 @@ import itertools
 
 import pytest
 import torch
-from mmengine.hooks import Hook
 
 from engine import build_train_runner
 from engine.hooks import DeviceLoggedModel
@@ -67,21 +66,6 @@ class Regressor(DeviceLoggedModel):
         return {"loss": (self.layer(dropped) - inputs.sum(1, keepdim=True)).pow(2).mean()}
 
 
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAfter(Hook):
-    priority = "LOWEST"  # after the checkpoint of that iteration is written
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        if runner.iter + 1 == self.iteration:
-            raise Interrupt
-
-
 def spec(work_dir, resume=False):
     return TrainSpec(work_dir=str(work_dir), epochs=None, batch_size=2, effective_batch=4, warmup_epochs=0,
                      warmup_iters=2, min_lr=0.0, precision="fp32", clip_grad=None, num_workers=0, log_interval=1,
@@ -99,11 +83,11 @@ def train(work_dir, resume=False, hooks=()):
     return runner, model, data
 
 
-def test_resumed_run_equals_the_uninterrupted_one_without_reloading_data(tmp_path):
+def test_resumed_run_equals_the_uninterrupted_one_without_reloading_data(tmp_path, stop_after):
     _, full, full_data = train(tmp_path / "full")
     assert full_data.loads.value == 8 * 4  # 8 optimizer steps of 2 accumulated batches of 2
-    with pytest.raises(Interrupt):
-        train(tmp_path / "cut", hooks=[InterruptAfter(6)])  # 6 loop iterations = 3 optimizer steps
+    with pytest.raises(InterruptedError):
+        train(tmp_path / "cut", hooks=[stop_after(iteration=6)])  # 6 loop iterations = 3 optimizer steps
     runner, resumed, resumed_data = train(tmp_path / "cut", resume=True)
     assert runner.iter == 16
     assert resumed_data.loads.value == (16 - 6) * 2  # the first 6 batches were not loaded again

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from mmengine.hooks import Hook
 
 from backbone import load_model
 from benchmarks.cli import main
@@ -39,21 +38,6 @@ def val_batches(root, img_size=64):
     return torch.utils.data.DataLoader(image_folder(root, "val", eval_transform(img_size)), batch_size=64)
 
 
-class Interrupt(Exception):
-    pass
-
-
-class InterruptAfterEpoch(Hook):
-    priority = "LOWEST"  # after the checkpoint of that epoch is written
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def after_train_epoch(self, runner):
-        if runner.epoch + 1 == self.epoch:
-            raise Interrupt
-
-
 @pytest.fixture(scope="module")
 def full_run(data, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("full")
@@ -62,11 +46,11 @@ def full_run(data, tmp_path_factory):
     return work_dir
 
 
-def test_resume_after_interruption_matches_the_uninterrupted_run(data, full_run, tmp_path):
+def test_resume_after_interruption_matches_the_uninterrupted_run(data, full_run, tmp_path, stop_after):
     cfg = load_config("droppos_tiny_synth", overrides(data, tmp_path), configs_dir=CONFIGS_DIR)
     runner = build_pretrain_runner(cfg)
-    runner.register_hook(InterruptAfterEpoch(2))
-    with pytest.raises(Interrupt):
+    runner.register_hook(stop_after(epoch=2))
+    with pytest.raises(InterruptedError):
         runner.train()
     resumed = build_pretrain_runner(load_config("droppos_tiny_synth", overrides(data, tmp_path, resume=True),
                                                 configs_dir=CONFIGS_DIR))

@@ -1,0 +1,27 @@
+"""Fixtures shared by the training tests of every task."""
+import pytest
+from mmengine.hooks import Hook
+
+
+class StopAfter(Hook):
+    """Raises InterruptedError once epoch `epoch` or loop iteration `iteration` (1-based) is done and its
+    checkpoint written (lowest priority: after the CheckpointHook), before any evaluation: a killed run."""
+
+    priority = "LOWEST"
+
+    def __init__(self, epoch=None, iteration=None):
+        self.epoch, self.iteration = epoch, iteration
+
+    def after_train_epoch(self, runner):
+        if self.epoch is not None and runner.epoch + 1 == self.epoch:
+            raise InterruptedError(f"stopped after epoch {self.epoch}")
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if self.iteration is not None and runner.iter + 1 == self.iteration:
+            raise InterruptedError(f"stopped after iteration {self.iteration}")
+
+
+@pytest.fixture
+def stop_after():
+    """`stop_after(epoch=2)` or `stop_after(iteration=4)`: a hook that interrupts the run there."""
+    return StopAfter
