@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -40,34 +41,10 @@ def run_pretrain_command(args: argparse.Namespace) -> None:
     run_pretrain(args.config, args.overrides)
 
 
-def run_finetune_command(args: argparse.Namespace) -> None:
-    from cls.finetune import run_finetune
-
-    print(f"metrics: {run_finetune(args.config, args.overrides)}")
-
-
 def run_cls_eval_command(args: argparse.Namespace) -> None:
     from cls.evaluate import run_eval
 
     run_eval(args.config, args.overrides)
-
-
-def run_posprobe_command(args: argparse.Namespace) -> None:
-    from cls.posprobe import run_posprobe
-
-    print(f"metrics: {run_posprobe(args.config, args.overrides)}")
-
-
-def run_linprobe_command(args: argparse.Namespace) -> None:
-    from cls.linprobe import run_linprobe
-
-    print(f"metrics: {run_linprobe(args.config, args.overrides)}")
-
-
-def run_det_train_command(args: argparse.Namespace) -> None:
-    from det.train import run_det_train
-
-    print(f"metrics: {run_det_train(args.config, args.overrides)}")
 
 
 def run_det_eval_command(args: argparse.Namespace) -> None:
@@ -82,6 +59,16 @@ def run_posacc_command(args: argparse.Namespace) -> None:
     run_posacc(args.checkpoint, args.data, split=args.split, images=args.images, batch_size=args.batch_size,
                seed=args.seed, workers=args.workers, out=args.out, figure=args.figure,
                figure_images=args.figure_images, allow_pickle=args.allow_pickle, device=args.device)
+
+
+def training_command(module: str, function: str):
+    """A subcommand handler that imports `module` only when run (the task stacks load slowly) and prints the
+    metrics file its `function(config, overrides)` returns."""
+
+    def run(args: argparse.Namespace) -> None:
+        print(f"metrics: {getattr(importlib.import_module(module), function)(args.config, args.overrides)}")
+
+    return run
 
 
 def add_config_command(sub: argparse._SubParsersAction, name: str, func, help_text: str, config_help: str,
@@ -152,23 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
     posacc.set_defaults(func=run_posacc_command)
 
     cls = sub.add_parser("cls", help="classification benchmarks").add_subparsers(dest="cls_command", required=True)
-    add_config_command(cls, "finetune", run_finetune_command,
+    add_config_command(cls, "finetune", training_command("cls.finetune", "run_finetune"),
                        "fine-tune a pre-trained ViT end to end on an ImageNet-layout folder",
                        "config file, or the name of a shipped one (cls/configs/), e.g. finetune_vit_base_100ep",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=...")
     add_config_command(cls, "eval", run_cls_eval_command, "top-1 / top-5 of a fine-tuned checkpoint on the val split",
                        "the fine-tuning config (model, data, batch size)",
                        "ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
-    add_config_command(cls, "linprobe", run_linprobe_command,
+    add_config_command(cls, "linprobe", training_command("cls.linprobe", "run_linprobe"),
                        "linear probe of a frozen backbone (MAE protocol: BN + linear, LARS)",
                        "config file or shipped name, e.g. linprobe_vit_base", "ckpt=PATH, data.root=...")
-    add_config_command(cls, "posprobe", run_posprobe_command,
+    add_config_command(cls, "posprobe", training_command("cls.posprobe", "run_posprobe"),
                        "position-sensitivity probe of a frozen backbone (paper Tab. 7)",
                        "config file or shipped name, e.g. posprobe_vit_base", "ckpt=PATH (required), data.root=...")
 
     det = sub.add_parser("det", help="COCO detection and instance segmentation (ViTDet Mask R-CNN)")
     det_commands = det.add_subparsers(dest="det_command", required=True)
-    add_config_command(det_commands, "train", run_det_train_command,
+    add_config_command(det_commands, "train", training_command("det.train", "run_det_train"),
                        "fine-tune a pre-trained ViT as a ViTDet Mask R-CNN on a COCO-layout dataset",
                        "config file, or the name of a shipped one (det/configs/), e.g. mask_rcnn_vit_base_1x",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=/data/coco")

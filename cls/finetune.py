@@ -13,9 +13,9 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
 from backbone import VisionTransformer, build_vit, load_pretrained, param_groups_layer_decay
-from engine import build_train_runner, load_config, peak_lr
+from engine import build_train_runner, peak_lr
 from engine.hooks import DeviceLoggedModel, ModelMetaHook
-from engine.runner import TrainSpec
+from engine.runner import TrainSpec, train_from_config
 from pretrain.data import eval_transform, image_folder
 
 from .data import build_mixup, train_transform
@@ -93,7 +93,4 @@ def build_finetune_runner(cfg: Config):
 
 def run_finetune(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Fine-tune per `config` with `key=value` overrides; returns the path of metrics.json."""
-    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
-    runner = build_finetune_runner(cfg)
-    runner.train()
-    return Path(runner.work_dir) / "metrics.json"
+    return train_from_config(build_finetune_runner, CONFIGS_DIR, config, overrides)

@@ -12,9 +12,9 @@ import torch
 from timm.optim import Lars
 from torch import nn
 
-from engine import build_train_runner, load_config, peak_lr
+from engine import build_train_runner, peak_lr
 from engine.hooks import ModelMetaHook
-from engine.runner import TrainSpec
+from engine.runner import TrainSpec, train_from_config
 from pretrain.data import eval_transform, image_folder, pretrain_transform
 
 from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, build_classifier
@@ -68,6 +68,4 @@ def build_linprobe_runner(cfg):
 
 def run_linprobe(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Train and evaluate the linear probe per `config`; returns the metrics.json path."""
-    runner = build_linprobe_runner(load_config(config, overrides, configs_dir=CONFIGS_DIR))
-    runner.train()
-    return Path(runner.work_dir) / "metrics.json"
+    return train_from_config(build_linprobe_runner, CONFIGS_DIR, config, overrides)

@@ -15,9 +15,9 @@ from mmengine.hooks import Hook
 from torch import nn
 
 from backbone import VisionTransformer, load_model
-from engine import build_train_runner, load_config, peak_lr
+from engine import build_train_runner, peak_lr
 from engine.hooks import DeviceLoggedModel, unwrap_model
-from engine.runner import TrainSpec
+from engine.runner import TrainSpec, train_from_config
 from pretrain.data import eval_transform, image_folder, pretrain_transform
 from pretrain.masking import random_mask
 
@@ -99,6 +99,4 @@ def build_posprobe_runner(cfg):
 
 def run_posprobe(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Train and evaluate the position probe per `config`; returns the metrics.json path."""
-    runner = build_posprobe_runner(load_config(config, overrides, configs_dir=CONFIGS_DIR))
-    runner.train()
-    return Path(runner.work_dir) / "metrics.json"
+    return train_from_config(build_posprobe_runner, CONFIGS_DIR, config, overrides)

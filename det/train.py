@@ -10,9 +10,9 @@ from mmengine.config import Config
 from mmengine.runner import set_random_seed
 
 from backbone import load_pretrained, param_groups_layer_decay
-from engine import build_train_runner, load_config
+from engine import build_train_runner
 from engine.hooks import ModelMetaHook
-from engine.runner import TrainSpec, default_work_dir
+from engine.runner import TrainSpec, default_work_dir, train_from_config
 
 from .coco_metric import CocoMetric
 from .data import CocoDetection, coco_paths, collate, eval_transform, lsj_transform
@@ -73,7 +73,4 @@ def build_det_runner(cfg: Config):
 
 def run_det_train(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Train per `config` with `key=value` overrides; returns the path of metrics.json."""
-    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
-    runner = build_det_runner(cfg)
-    runner.train()
-    return Path(runner.work_dir) / "metrics.json"
+    return train_from_config(build_det_runner, CONFIGS_DIR, config, overrides)

@@ -8,6 +8,7 @@ import copy
 import itertools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from mmengine.runner import Runner
 
 from backbone.safe_io import atomic_path
 
+from .config import load_config
 from .hooks import (
     DeviceLogHook,
     MetricsFileHook,
@@ -237,3 +239,12 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
                                                          dict(type="TensorboardVisBackend")]),
         cfg=cfg,
     )
+
+
+def train_from_config(build_runner: Callable[[Config], Runner], configs_dir: Path, config: str | Path,
+                      overrides: dict[str, Any] | None = None) -> Path:
+    """Read `config` (a file, or a name shipped in `configs_dir`) with `key=value` overrides, build its Runner
+    with `build_runner` and train; returns the path of work_dir/metrics.json."""
+    runner = build_runner(load_config(config, overrides, configs_dir=configs_dir))
+    runner.train()
+    return Path(runner.work_dir) / "metrics.json"
