@@ -46,26 +46,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def batches(root: Path, img_size: int, batch: int, train: bool, device: torch.device) -> list[dict]:
-    """Four batches of synthetic scenes through the training or test pipeline, on the device."""
+def batches(root: Path, img_size: int, batch: int, train: bool, model: ViTDetMaskRCNN) -> list[dict]:
+    """Four batches of synthetic scenes through the training or test pipeline, on the model's device (moved by
+    its data preprocessor, as the Runner does)."""
     annotations, images = coco_paths(root, "train" if train else "val")
     transform = lsj_transform(img_size) if train else eval_transform(img_size)
     dataset = CocoDetection(annotations, images, transform, train=train)
     out = []
     for start in range(4):
         samples = [dataset[((start * batch + i) % len(dataset), start * batch + i)] for i in range(batch)]
-        out.append(_to(collate(samples), device))
+        out.append(model.data_preprocessor.cast_data(collate(samples)))
     return out
-
-
-def _to(value, device: torch.device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {key: _to(item, device) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_to(item, device) for item in value]
-    return value
 
 
 def train_step(model: ViTDetMaskRCNN, optimizer: torch.optim.Optimizer, data: Iterator[dict], amp: bool) -> None:
@@ -114,8 +105,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         synthesize(scratch, num_images=16, size=args.scene_size, seed=0, val_fraction=0.5, progress=False)
         for batch in args.batch:
-            train_data = batches(Path(scratch), args.img_size, batch, True, device)
-            eval_data = batches(Path(scratch), args.img_size, batch, False, device)
+            train_data = batches(Path(scratch), args.img_size, batch, True, model)
+            eval_data = batches(Path(scratch), args.img_size, batch, False, model)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             model.train()

@@ -16,8 +16,8 @@ from engine import load_config
 
 from .coco_metric import CocoMetric
 from .data import collate
-from .model import ViTDetMaskRCNN, build_mask_rcnn
-from .train import CONFIGS_DIR, RESULTS_FILE, coco_dataset
+from .model import ViTDetMaskRCNN
+from .train import CONFIGS_DIR, RESULTS_FILE, build_detector, coco_dataset
 
 PAPER_METRICS = ("APb", "APb50", "APb75", "APm", "APm50", "APm75")
 
@@ -48,8 +48,7 @@ def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
     if not cfg.ckpt:
         raise ValueError("det eval needs ckpt=PATH: a detector checkpoint written by det train")
     val = coco_dataset(cfg, "val")
-    kwargs = dict(cfg.model)
-    model = build_mask_rcnn(len(val.category_ids), kwargs.pop("size"), precision=cfg.precision, **kwargs)
+    model = build_detector(cfg, len(val.category_ids), pretrained=False)
     load_detector(model, cfg.ckpt, cfg.allow_pickle)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

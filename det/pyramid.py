@@ -11,7 +11,6 @@ from torch import nn
 
 from backbone import VIT_SIZES, VisionTransformer, build_vit
 
-# ViTDet: global attention in these blocks, 14 x 14 windows elsewhere
 LEVEL_NAMES = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
 

@@ -24,13 +24,14 @@ RESULTS_FILE = "detections.json"  # COCO results json of the last evaluation, in
 log = logging.getLogger("droppos_bench")
 
 
-def build_detector(cfg: Config, num_classes: int) -> ViTDetMaskRCNN:
-    """The Mask R-CNN of `cfg.model`, its ViT loaded from the pre-trained encoder `cfg.ckpt` if set (pos embed
-    resampled to the input grid; only ViTDet's relative position tables may be missing)."""
+def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> ViTDetMaskRCNN:
+    """The Mask R-CNN of `cfg.model`, its ViT loaded from the pre-trained encoder `cfg.ckpt` if set and
+    `pretrained` (pos embed resampled to the input grid; only ViTDet's relative position tables may be missing);
+    `pretrained=False` when `cfg.ckpt` holds a whole trained detector (det eval)."""
     kwargs = dict(cfg.model)
     set_random_seed(cfg.seed)
     model = build_mask_rcnn(num_classes, kwargs.pop("size"), precision=cfg.precision, **kwargs)
-    if cfg.ckpt:
+    if cfg.ckpt and pretrained:
         report = load_pretrained(model.backbone.net, cfg.ckpt, allow_pickle=cfg.allow_pickle,
                                  allowed_missing=("rel_pos_h", "rel_pos_w"))
         log.info("%s", report)
