@@ -26,6 +26,8 @@ MMSEG_RENAMES = (
     (".norm2.", ".ln2."),
     (".mlp.fc1.", ".ffn.layers.0.0."),
     (".mlp.fc2.", ".ffn.layers.1."),
+    (".ls1.gamma", ".gamma_1"),
+    (".ls2.gamma", ".gamma_2"),
 )
 
 
@@ -53,11 +55,8 @@ def to_detectron2_vitdet(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def to_mmseg_mae(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """mmseg MAE/BEiT backbone layout, as mmseg's beit2mmseg converter writes it (backbone-local keys).
-
-    mmseg's MAE backbone has no qkv bias (qv_bias=False), so it reports `attn.qkv.bias` as unexpected and
-    drops it; our own mmseg backbone (seg/) keeps it.
-    """
+    """mmseg MAE/BEiT backbone layout, as mmseg's beit2mmseg converter writes it (backbone-local keys); mmseg's
+    MAE backbone loads it with only its relative position tables and layer scales missing (when ours has none)."""
     out = {}
     for key, value in state.items():
         if key.split(".")[0] in ("norm", "fc_norm", "head"):

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint, split_pretraining_keys
 from .pos_embed import Grid, resample_pos_embed
@@ -69,6 +70,9 @@ def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
         mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / width
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"not a ViT encoder state dict: missing {err}") from None
+    table = state.get("blocks.0.attn.relative_position_bias_table")
+    if num_heads is None and table is not None:
+        num_heads = table.shape[1]  # one column per head
     if num_heads is None:
         name = size_name(width)
         if name is None:
@@ -78,7 +82,9 @@ def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
     config: dict[str, Any] = dict(
         patch_size=patch, in_chans=in_chans, embed_dim=width, depth=depth, num_heads=num_heads,
         mlp_ratio=mlp_ratio, qkv_bias="blocks.0.attn.qkv.bias" in state, class_token=class_token,
-        global_pool="avg" if "fc_norm.weight" in state or not class_token else "token",
+        global_pool=_global_pool(state, class_token),
+        rel_pos_bias=table is not None,
+        layer_scale_init=1.0 if "blocks.0.ls1.gamma" in state else None,  # any value: the weights replace it
     )
     if "pos_embed" in state:
         _, grid = pos_embed_layout(state["pos_embed"].shape[1], class_token)
@@ -86,6 +92,14 @@ def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
     if "head.weight" in state and state["head.weight"].ndim == 2:
         config["num_classes"] = state["head.weight"].shape[0]
     return config
+
+
+def _global_pool(state: dict[str, torch.Tensor], class_token: bool) -> str:
+    """'avg' with MAE's fc_norm or without [CLS]; 'token' with [CLS] and a final norm; '' (feature maps only) for
+    dense-task backbones, which keep [CLS] but have no final norm."""
+    if "fc_norm.weight" in state or not class_token:
+        return "avg"
+    return "token" if "norm.weight" in state else ""
 
 
 def _resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -115,6 +129,9 @@ def adapt_state_dict(
         elif key.endswith(("rel_pos_h", "rel_pos_w")) and value.shape[1] == want[1]:
             adapted[key] = _resize_rel_pos(value, want[0])
             notes.append(f"{key} interpolated from {value.shape[0]} to {want[0]} rows")
+        elif key.endswith("relative_position_bias_table") and value.shape[1] == want[1]:
+            adapted[key] = resize_rel_pos_bias_table(value, model.grid_size, tuple(want))
+            notes.append(f"{key} resized from {value.shape[0]} to {want[0]} offsets")
         else:
             mismatches.append((key, tuple(value.shape), tuple(want)))
     if mismatches:

@@ -26,12 +26,13 @@ def layer_id(name: str, num_layers: int, backbone_prefix: str = "") -> int:
 
 
 def skips_weight_decay(name: str, param: nn.Parameter, extra: Iterable[str] = ()) -> bool:
-    """No decay for 1-D tensors (norms, biases), pos embed, [CLS] and other learned tokens."""
+    """No decay for 1-D tensors (norms, biases, layer scales), pos embed, relative position bias tables (as
+    BEiT), [CLS] and other learned tokens."""
     leaf = name.split(".")[-1]
     return (
         param.ndim <= 1
         or leaf == "bias"
-        or leaf in ("pos_embed", "cls_token")
+        or leaf in ("pos_embed", "cls_token", "relative_position_bias_table")
         or leaf.endswith("token")
         or any(name == e or name.endswith("." + e) for e in extra)
     )

@@ -1,7 +1,8 @@
 """The one Vision Transformer shared by pre-training, classification, detection and segmentation.
 
 Built from timm layers with timm/MAE parameter names, so MAE, DropPos, MoCo v3 and timm weights load by
-key. ViTDet's window attention and decomposed relative position bias are options of the same blocks.
+key. ViTDet's window attention and decomposed relative position bias, and BEiT's relative position bias table
+and layer scale (as mmseg's MAE backbone uses them), are options of the same blocks.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
+from timm.layers.pos_embed_rel import gen_relative_position_index
 from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias, window_partition, window_unpartition
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -40,9 +42,15 @@ def init_mae_style(module: nn.Module) -> None:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through SDPA, with ViTDet's decomposed relative position bias as an option."""
+    """Multi-head self-attention through SDPA, with one of two relative position biases as an option.
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rel_pos_grid: Grid | None = None):
+    `rel_pos_grid`: ViTDet's decomposed bias (per-axis tables, patch tokens only). `table_grid`: BEiT's table of
+    one learned bias per head and 2-D offset, plus three entries for [CLS] to patch, patch to [CLS] and [CLS]
+    to itself when `prefix_tokens` is 1; zero-initialised, so a fresh table leaves attention unchanged.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, rel_pos_grid: Grid | None = None,
+                 table_grid: Grid | None = None, prefix_tokens: int = 0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
@@ -54,9 +62,27 @@ class Attention(nn.Module):
         if rel_pos_grid is not None:
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_grid[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_grid[1] - 1, head_dim))
+        self.table_grid, self.table_tokens = table_grid, 0
+        self.relative_position_bias_table = None
+        if table_grid is not None:
+            offsets = (2 * table_grid[0] - 1) * (2 * table_grid[1] - 1)
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(offsets + 3 * prefix_tokens, num_heads))
+            index = gen_relative_position_index(table_grid, class_token=prefix_tokens > 0)
+            self.table_tokens = prefix_tokens + table_grid[0] * table_grid[1]
+            self.register_buffer("relative_position_index", index.flatten(), persistent=False)
+
+    def table_bias(self, grid: Grid) -> torch.Tensor:
+        """(1, heads, L, L) bias looked up from the table; only defined for the grid the table was built for."""
+        if tuple(grid) != self.table_grid:
+            raise ValueError(f"the relative position bias table is built for a {self.table_grid[0]}x"
+                             f"{self.table_grid[1]} grid, got {grid[0]}x{grid[1]} tokens: build the model with "
+                             "this input size")
+        bias = self.relative_position_bias_table[self.relative_position_index]
+        bias = bias.view(self.table_tokens, self.table_tokens, -1)
+        return bias.permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """x: (B, L, C); `grid` is the (H, W) layout of the L tokens, used only by the relative bias."""
+        """x: (B, L, C); `grid` is the (H, W) layout of the patch tokens, used only by the relative biases."""
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).reshape(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         bias = None
@@ -64,12 +90,15 @@ class Attention(nn.Module):
             flat_q = q.reshape(batch * self.num_heads, length, -1)
             bias = get_decomposed_rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid, grid)
             bias = bias.reshape(batch, self.num_heads, length, length)
+        elif self.relative_position_bias_table is not None:
+            bias = self.table_bias(grid).to(q.dtype)  # SDPA wants the mask in the query's (autocast) dtype
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; with `window_size` > 0 it attends within non-overlapping windows."""
+    """Pre-norm transformer block; with `window_size` > 0 it attends within non-overlapping windows, with
+    `layer_scale_init` each residual branch is scaled by a learned per-channel factor (CaiT / BEiT)."""
 
     def __init__(
         self,
@@ -81,14 +110,19 @@ class Block(nn.Module):
         norm_eps: float = 1e-6,
         window_size: int = 0,
         rel_pos_grid: Grid | None = None,
+        table_grid: Grid | None = None,
+        prefix_tokens: int = 0,
+        layer_scale_init: float | None = None,
     ):
         super().__init__()
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, rel_pos_grid)
+        self.attn = Attention(dim, num_heads, qkv_bias, rel_pos_grid, table_grid, prefix_tokens)
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -101,8 +135,8 @@ class Block(nn.Module):
             y = window_unpartition(windows.view(-1, size, size, dim), size, grid, padded).view(batch, length, dim)
         else:
             y = self.attn(y, grid)
-        x = x + self.drop_path1(y)
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.ls1(y))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class VisionTransformer(nn.Module):
@@ -131,18 +165,21 @@ class VisionTransformer(nn.Module):
         window_size: int = 0,
         global_blocks: Sequence[int] = (),
         use_rel_pos: bool = False,
+        rel_pos_bias: bool = False,
+        layer_scale_init: float | None = None,
         grad_checkpointing: bool = False,
     ):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         _check_options(img_size, patch_size, depth, pos_embed, class_token, global_pool, window_size,
-                       global_blocks, use_rel_pos)
+                       global_blocks, use_rel_pos, rel_pos_bias)
         self.config: dict[str, Any] = dict(
             img_size=list(img_size), patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, pos_embed=pos_embed,
             pos_embed_trainable=pos_embed_trainable, class_token=class_token, global_pool=global_pool,
             num_classes=num_classes, drop_path_rate=drop_path_rate, norm_eps=norm_eps, window_size=window_size,
-            global_blocks=sorted(global_blocks), use_rel_pos=use_rel_pos, grad_checkpointing=grad_checkpointing,
+            global_blocks=sorted(global_blocks), use_rel_pos=use_rel_pos, rel_pos_bias=rel_pos_bias,
+            layer_scale_init=layer_scale_init, grad_checkpointing=grad_checkpointing,
         )
         self.embed_dim = embed_dim
         self.num_layers = depth
@@ -162,7 +199,8 @@ class VisionTransformer(nn.Module):
             window = window_size if window_size and i not in global_blocks else 0
             rel_grid = ((window, window) if window else self.grid_size) if use_rel_pos else None
             self.blocks.append(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rates[i], norm_eps, window,
-                                     rel_grid))
+                                     rel_grid, self.grid_size if rel_pos_bias else None, self.num_prefix_tokens,
+                                     layer_scale_init))
         self.global_pool = global_pool
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "token" else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "avg" else nn.Identity()
@@ -261,7 +299,7 @@ class VisionTransformer(nn.Module):
 
 def _check_options(
     img_size: tuple[int, ...], patch_size: int, depth: int, pos_embed: str, class_token: bool, global_pool: str,
-    window_size: int, global_blocks: Sequence[int], use_rel_pos: bool,
+    window_size: int, global_blocks: Sequence[int], use_rel_pos: bool, rel_pos_bias: bool,
 ) -> None:
     if len(img_size) != 2 or any(s % patch_size for s in img_size):
         raise ValueError(f"img_size {img_size} must be two multiples of patch_size {patch_size}")
@@ -274,6 +312,9 @@ def _check_options(
     if (window_size or use_rel_pos) and class_token:
         raise ValueError("window attention and relative position bias work on the patch grid only: "
                          "set class_token=False (as ViTDet does)")
+    if rel_pos_bias and (window_size or use_rel_pos):
+        raise ValueError("rel_pos_bias (BEiT's table) and ViTDet's window attention / use_rel_pos exclude each "
+                         "other")
     bad = [b for b in global_blocks if not 0 <= b < depth]
     if bad:
         raise ValueError(f"global_blocks {bad} out of range for depth {depth}")

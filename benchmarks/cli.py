@@ -35,24 +35,6 @@ def run_convert(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({args.to} layout)")
 
 
-def run_pretrain_command(args: argparse.Namespace) -> None:
-    from pretrain.train import run_pretrain
-
-    run_pretrain(args.config, args.overrides)
-
-
-def run_cls_eval_command(args: argparse.Namespace) -> None:
-    from cls.evaluate import run_eval
-
-    run_eval(args.config, args.overrides)
-
-
-def run_det_eval_command(args: argparse.Namespace) -> None:
-    from det.evaluate import run_det_eval
-
-    run_det_eval(args.config, args.overrides)
-
-
 def run_posacc_command(args: argparse.Namespace) -> None:
     from pretrain.posacc import run_posacc
 
@@ -61,12 +43,14 @@ def run_posacc_command(args: argparse.Namespace) -> None:
                figure_images=args.figure_images, allow_pickle=args.allow_pickle, device=args.device)
 
 
-def training_command(module: str, function: str):
-    """A subcommand handler that imports `module` only when run (the task stacks load slowly) and prints the
-    metrics file its `function(config, overrides)` returns."""
+def config_command(module: str, function: str, result: str | None = "metrics"):
+    """A subcommand handler that imports `module` only when run (the task stacks load slowly), calls
+    `function(config, overrides)` and prints the file it returns as `result` (None: the function reports itself)."""
 
     def run(args: argparse.Namespace) -> None:
-        print(f"metrics: {getattr(importlib.import_module(module), function)(args.config, args.overrides)}")
+        path = getattr(importlib.import_module(module), function)(args.config, args.overrides)
+        if result:
+            print(f"{result}: {path}")
 
     return run
 
@@ -116,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
     convert.set_defaults(func=run_convert)
 
-    add_config_command(sub, "pretrain", run_pretrain_command,
+    add_config_command(sub, "pretrain", config_command("pretrain.train", "run_pretrain", "encoder"),
                        "pre-train DropPos or MAE on an ImageNet-layout folder (mmengine)",
                        "config file, or the name of a shipped one (pretrain/configs/), e.g. droppos_vit_base_200ep "
                        "or ablations/tab1_gamma_0.50", "e.g. data.root=/data/imagenet schedule.epochs=100")
@@ -139,30 +123,43 @@ def build_parser() -> argparse.ArgumentParser:
     posacc.set_defaults(func=run_posacc_command)
 
     cls = sub.add_parser("cls", help="classification benchmarks").add_subparsers(dest="cls_command", required=True)
-    add_config_command(cls, "finetune", training_command("cls.finetune", "run_finetune"),
+    add_config_command(cls, "finetune", config_command("cls.finetune", "run_finetune"),
                        "fine-tune a pre-trained ViT end to end on an ImageNet-layout folder",
                        "config file, or the name of a shipped one (cls/configs/), e.g. finetune_vit_base_100ep",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=...")
-    add_config_command(cls, "eval", run_cls_eval_command, "top-1 / top-5 of a fine-tuned checkpoint on the val split",
+    add_config_command(cls, "eval", config_command("cls.evaluate", "run_eval", None),
+                       "top-1 / top-5 of a fine-tuned checkpoint on the val split",
                        "the fine-tuning config (model, data, batch size)",
                        "ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
-    add_config_command(cls, "linprobe", training_command("cls.linprobe", "run_linprobe"),
+    add_config_command(cls, "linprobe", config_command("cls.linprobe", "run_linprobe"),
                        "linear probe of a frozen backbone (MAE protocol: BN + linear, LARS)",
                        "config file or shipped name, e.g. linprobe_vit_base", "ckpt=PATH, data.root=...")
-    add_config_command(cls, "posprobe", training_command("cls.posprobe", "run_posprobe"),
+    add_config_command(cls, "posprobe", config_command("cls.posprobe", "run_posprobe"),
                        "position-sensitivity probe of a frozen backbone (paper Tab. 7)",
                        "config file or shipped name, e.g. posprobe_vit_base", "ckpt=PATH (required), data.root=...")
 
     det = sub.add_parser("det", help="COCO detection and instance segmentation (ViTDet Mask R-CNN)")
     det_commands = det.add_subparsers(dest="det_command", required=True)
-    add_config_command(det_commands, "train", training_command("det.train", "run_det_train"),
+    add_config_command(det_commands, "train", config_command("det.train", "run_det_train"),
                        "fine-tune a pre-trained ViT as a ViTDet Mask R-CNN on a COCO-layout dataset",
                        "config file, or the name of a shipped one (det/configs/), e.g. mask_rcnn_vit_base_1x",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=/data/coco")
-    add_config_command(det_commands, "eval", run_det_eval_command,
+    add_config_command(det_commands, "eval", config_command("det.evaluate", "run_det_eval", None),
                        "COCO box / mask AP of a trained detector on the val split",
                        "the training config (model, data, batch size)",
                        "ckpt=PATH (required, written by det train), data.root=..., work_dir=...")
+
+    seg = sub.add_parser("seg", help="ADE20K semantic segmentation (UperNet, mmsegmentation)")
+    seg_commands = seg.add_subparsers(dest="seg_command", required=True)
+    add_config_command(seg_commands, "train", config_command("seg.train", "run_seg_train"),
+                       "fine-tune a pre-trained ViT as a UperNet on an ADE20K-layout dataset",
+                       "config file, or the name of a shipped one (seg/configs/), e.g. upernet_vit_base_80k",
+                       "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors "
+                       "data.root=/data/ADEChallengeData2016")
+    add_config_command(seg_commands, "eval", config_command("seg.evaluate", "run_seg_eval", None),
+                       "sliding-window mIoU / mAcc / aAcc and per-class IoU of a trained segmentor on the val split",
+                       "the training config (model, data)",
+                       "ckpt=PATH (required, written by seg train), data.root=..., work_dir=...")
     return parser
 
 

@@ -11,8 +11,7 @@ import json
 import logging
 import os
 import pickle
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from engine.stream import seeded_randomness
 from pretrain.data import SharedCounter, UnreadableImageError
 
 MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet mean in 0-255 (ViTDet's pixel_mean)
@@ -158,7 +158,7 @@ class CocoDetection(torch.utils.data.Dataset):
         target = {"boxes": F.clamp_bounding_boxes(boxes), "labels": torch.from_numpy(record["labels"])}
         if self.train:
             target["masks"] = tv_tensors.Mask(torch.from_numpy(self._masks(record, height, width)))
-        with _seeded(seed):
+        with seeded_randomness(seed):
             image, target, meta = self.transform(image, target)
         return {"image": image.as_subclass(torch.Tensor),
                 "target": {key: value.as_subclass(torch.Tensor) for key, value in target.items()},
@@ -306,14 +306,3 @@ def _rle(segmentation: list | dict, height: int, width: int) -> dict:
     if isinstance(segmentation["counts"], list):
         return mask_api.frPyObjects(segmentation, *segmentation["size"])
     return segmentation
-
-
-@contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """The global CPU RNG seeded with `seed` inside and restored after; no seed: the global RNG as it is."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

@@ -9,10 +9,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from backbone import CheckpointError
-from backbone.checkpoint import read_checkpoint
 from backbone.safe_io import write_json_atomic
 from engine import load_config
+from engine.runner import load_trained_model
 
 from .coco_metric import CocoMetric
 from .data import collate
@@ -20,17 +19,6 @@ from .model import ViTDetMaskRCNN
 from .train import CONFIGS_DIR, RESULTS_FILE, build_detector, coco_dataset
 
 PAPER_METRICS = ("APb", "APb50", "APb75", "APm", "APm50", "APm75")
-
-
-def load_detector(model: ViTDetMaskRCNN, path: str | Path, allow_pickle: bool = False) -> None:
-    """Load a whole detector trained here (a run checkpoint or its state dict); every key must match."""
-    state = read_checkpoint(path, prefix="", allow_pickle=allow_pickle).state
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: not a detector of this config: {len(result.missing_keys)} keys missing "
-            f"({', '.join(result.missing_keys[:5])}...), {len(result.unexpected_keys)} unexpected "
-            f"({', '.join(result.unexpected_keys[:5])}...); det eval takes a checkpoint written by det train")
 
 
 def evaluate_detector(model: ViTDetMaskRCNN, loader: DataLoader, metric: CocoMetric) -> dict[str, float]:
@@ -49,7 +37,7 @@ def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
         raise ValueError("det eval needs ckpt=PATH: a detector checkpoint written by det train")
     val = coco_dataset(cfg, "val")
     model = build_detector(cfg, len(val.category_ids), pretrained=False)
-    load_detector(model, cfg.ckpt, cfg.allow_pickle)
+    load_trained_model(model, cfg.ckpt, "det train", cfg.allow_pickle)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     out_dir = Path(cfg.work_dir or Path("work_dirs") / f"{cfg.config_name}_eval")

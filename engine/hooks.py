@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from mmengine.dist import get_rank, is_main_process
+from mmengine.dist import broadcast, get_rank, is_distributed, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel, is_model_wrapper
@@ -153,6 +153,17 @@ class PlainCheckpointHook(Hook):
             hub["log_scalars"] = {key: HistoryBuffer(value["history"], value["counts"], value["max_length"])
                                   if isinstance(value, dict) else value
                                   for key, value in hub["log_scalars"].items()}
+
+
+class BroadcastBuffersHook(Hook):
+    """Before every evaluation, hands rank 0's buffers (BatchNorm statistics) to every process. DDP does not keep
+    them in step (mmengine turns broadcast_buffers off, and SyncBN does not run on CPUs) and checkpoints hold rank
+    0's, so a distributed evaluation then equals a single-process evaluation of the saved checkpoint."""
+
+    def before_val_epoch(self, runner) -> None:
+        if is_distributed():
+            for buffer in unwrap_model(runner.model).buffers():
+                broadcast(buffer, src=0)
 
 
 class ModelMetaHook(Hook):

@@ -21,10 +21,12 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
+from backbone.checkpoint import CheckpointError, read_checkpoint
 from backbone.safe_io import atomic_path
 
 from .config import load_config
 from .hooks import (
+    BroadcastBuffersHook,
     DeviceLogHook,
     MetricsFileHook,
     PlainCheckpointHook,
@@ -79,9 +81,9 @@ class TrainRunner(Runner):
 class TrainSpec:
     """What every task decides before building its Runner (the rest is shared); values come from its config.
 
-    A run is epoch-based with warmup + cosine (`epochs`), or iteration-based with warmup + steps (`iterations`
-    and `lr_steps`, counted in optimizer steps as detection recipes state them; checkpoint and evaluation
-    intervals are then in optimizer steps too).
+    A run is epoch-based with warmup + cosine (`epochs`), or iteration-based with warmup, then steps
+    (`lr_steps`, as detection recipes) or a polynomial decay to zero (`poly_power`, as segmentation recipes);
+    iterations, steps and the checkpoint and evaluation intervals are then counted in optimizer steps.
     """
 
     work_dir: str
@@ -105,6 +107,7 @@ class TrainSpec:
     lr_step_factor: float = 0.1
     warmup_factor: float = 1e-6  # lr at the first warmup step, relative to the peak
     val_interval: int = 1
+    poly_power: float | None = None
 
     @property
     def by_epoch(self) -> bool:
@@ -124,6 +127,7 @@ class TrainSpec:
             iterations=schedule.get("iterations"), lr_steps=tuple(schedule.get("steps", ())),
             lr_step_factor=schedule.get("gamma", 0.1), warmup_factor=schedule.get("warmup_factor", 1e-6),
             val_interval=schedule.get("val_interval") or schedule.get("iterations") or 1,
+            poly_power=schedule.get("poly_power"),
         )
 
 
@@ -137,7 +141,7 @@ def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int) -> 
 
 
 def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulation: int = 1) -> list[dict]:
-    """Linear warmup, then cosine (epoch-based runs) or steps (iteration-based runs), in loop iterations
+    """Linear warmup, then cosine (epoch-based runs) or steps or poly (iteration-based runs), in loop iterations
     (`accumulation` per optimizer step). Warmup is given in epochs or in optimizer steps (`warmup_iters`). With
     cosine every parameter group ends at min_lr / peak_lr of its own peak, so layer-wise decay keeps its ratios
     (as MAE)."""
@@ -154,6 +158,11 @@ def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulat
     if spec.by_epoch:
         schedule.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min_ratio=spec.min_lr / peak_lr,
                              by_epoch=False, begin=warmup, end=total))
+    elif spec.lr_steps and spec.poly_power is not None:
+        raise ValueError("give either lr steps or poly_power, not both")
+    elif spec.poly_power is not None:
+        schedule.append(dict(type="PolyLR", power=spec.poly_power, eta_min=0.0, by_epoch=False, begin=warmup,
+                             end=total))
     elif spec.lr_steps:
         steps = list(spec.lr_steps)
         if steps != sorted(steps) or not 0 < steps[0] or steps[-1] >= spec.iterations:
@@ -168,9 +177,10 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
                        optimizer: torch.optim.Optimizer, experiment_name: str, cfg: Any = None,
                        launcher: str | None = None, val_dataset: torch.utils.data.Dataset | None = None,
                        val_metric: BaseMetric | None = None, best_metric: str | None = None,
-                       collate_fn: Any = "default_collate") -> TrainRunner:
+                       collate_fn: Any = "default_collate", val_batch_size: int | None = None) -> TrainRunner:
     """A Runner for `model` on `dataset` with `optimizer` (whose lr already is the peak lr), epoch- or
-    iteration-based as `spec` says; `collate_fn` batches both loaders (a function or an mmengine name).
+    iteration-based as `spec` says; `collate_fn` batches both loaders (a function or an mmengine name), the
+    validation loader `val_batch_size` images at a time (default: the training batch size).
 
     With `val_dataset` and `val_metric` it evaluates after every epoch (every `spec.val_interval` optimizer steps
     and at the end of an iteration-based run), keeps the checkpoint with the highest `best_metric` as
@@ -214,7 +224,8 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     if val_dataset is not None:
         validation = dict(
             # no padding to equal rank sizes: metrics that sum counts would count the padded images twice
-            val_dataloader=dict(dataset=val_dataset, batch_size=spec.batch_size, num_workers=spec.num_workers,
+            val_dataloader=dict(dataset=val_dataset, batch_size=val_batch_size or spec.batch_size,
+                                num_workers=spec.num_workers,
                                 pin_memory=cuda, sampler=dict(type="DefaultSampler", shuffle=False, round_up=False),
                                 collate_fn=collate),
             val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(val_metric),
@@ -224,6 +235,7 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     if hasattr(dataset, "skipped"):
         hooks.append(SkippedImagesHook(dataset, None if spec.by_epoch else spec.log_interval))
     if val_dataset is not None:
+        hooks.append(BroadcastBuffersHook())
         hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", best_metric, spec.by_epoch))
     return TrainRunner(
         model=model, work_dir=spec.work_dir, experiment_name=experiment_name, train_dataloader=dataloader,
@@ -248,3 +260,15 @@ def train_from_config(build_runner: Callable[[Config], Runner], configs_dir: Pat
     runner = build_runner(load_config(config, overrides, configs_dir=configs_dir))
     runner.train()
     return Path(runner.work_dir) / "metrics.json"
+
+
+def load_trained_model(model: torch.nn.Module, path: str | Path, trained_by: str, allow_pickle: bool = False) -> None:
+    """Load a whole model written by the command `trained_by` (a run checkpoint or its state dict) for evaluation;
+    every key must match."""
+    state = read_checkpoint(path, prefix="", allow_pickle=allow_pickle).state
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: not a model of this config: {len(result.missing_keys)} keys missing "
+            f"({', '.join(result.missing_keys[:5])}...), {len(result.unexpected_keys)} unexpected "
+            f"({', '.join(result.unexpected_keys[:5])}...); evaluate a checkpoint written by {trained_by}")

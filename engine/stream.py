@@ -8,8 +8,11 @@ from any iteration on is a pure function of the run seed and the iteration, and 
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sized
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 from mmengine.dist import get_dist_info
 from mmengine.runner import IterBasedTrainLoop
@@ -17,6 +20,25 @@ from mmengine.runner.loops import _InfiniteDataloaderIterator
 from torch.utils.data import Sampler
 
 from .hooks import mixed_seed
+
+
+@contextmanager
+def seeded_randomness(seed: int | None) -> Iterator[None]:
+    """The global CPU RNGs of torch, numpy and random seeded with a sample's `seed` inside and restored after, so
+    augmentations drawn from any of them follow the sample stream; no seed: the global RNGs as they are."""
+    if seed is None:
+        yield
+        return
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
 
 
 class StreamSampler(Sampler):

@@ -101,7 +101,7 @@ def test_errors_name_what_is_wrong(data, tmp_path, capsys):
     encoder = tmp_path / "encoder.pth"
     torch.save({"model": {"patch_embed.proj.weight": torch.zeros(192, 3, 8, 8)}}, encoder)
     assert main(["det", "eval", "mask_rcnn_tiny_synth", *args(overrides(data, tmp_path, ckpt=encoder))]) == 2
-    assert "not a detector of this config" in capsys.readouterr().err
+    assert "not a model of this config" in capsys.readouterr().err
 
 
 def memorisation_set(root, images):

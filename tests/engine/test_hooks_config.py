@@ -66,3 +66,34 @@ def test_missing_config_lists_shipped_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="shipped configs .*: a"):
         load_config("nope", configs_dir=tmp_path)
     assert load_config("a", configs_dir=tmp_path).x == 1
+
+
+def _lrs_of(schedule: list[dict], peak: float, iterations: int) -> list[float]:
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    schedulers = [PARAM_SCHEDULERS.build(dict(step, optimizer=optimizer)) for step in schedule]
+    lrs = []
+    for _ in range(iterations):  # the Runner steps every scheduler after each loop iteration
+        lrs.append(optimizer.param_groups[0]["lr"])
+        for scheduler in schedulers:
+            scheduler.step()
+    return lrs
+
+
+def test_warmup_then_poly_schedule_in_optimizer_steps():
+    from engine.runner import TrainSpec, lr_schedule
+
+    spec = TrainSpec(work_dir="", epochs=None, batch_size=1, effective_batch=1, warmup_epochs=0, warmup_iters=2,
+                     min_lr=0.0, precision="fp32", clip_grad=None, num_workers=0, log_interval=1,
+                     checkpoint_interval=1, max_keep_checkpoints=1, seed=0, resume=False, iterations=6,
+                     warmup_factor=0.1, poly_power=1.0)
+    accumulation, peak = 2, 0.5
+    lrs = _lrs_of(lr_schedule(spec, 1, peak, accumulation), peak, spec.iterations * accumulation)
+    warmup, total = 2 * accumulation, 6 * accumulation
+    # mmengine's convention (and so mmseg's recipes): the peak at the last warmup iteration, 0 at the last one
+    expected = [peak * (0.1 + 0.9 * t / (warmup - 1)) for t in range(warmup)]
+    expected += [peak * (1 - (t - warmup) / (total - warmup - 1)) for t in range(warmup, total)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        lr_schedule(TrainSpec(**{**spec.__dict__, "lr_steps": (3,)}), 1, peak, accumulation)

@@ -1,0 +1,86 @@
+"""`droppos-bench seg train`: UperNet fine-tuning of a pre-trained ViT on an ADE20K-layout dataset with mmseg."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmengine.runner import set_random_seed
+
+from backbone import VIT_SIZES, load_pretrained, param_groups_layer_decay
+from backbone.checkpoint import Checkpoint, read_checkpoint
+from engine import build_train_runner
+from engine.hooks import ModelMetaHook
+from engine.runner import TrainSpec, train_from_config
+
+from .data import build_seg_dataset
+from .metric import SegMetric
+from .model import SegEncoderDecoder, build_mmseg_model, upernet_config
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+BACKBONE_PREFIX = "backbone.net."
+HEAD_OPTIONS = ("head_channels", "aux_channels", "aux_weight", "pool_scales", "slide_stride", "norm")
+# keys of BEiT's relative position tables and layer scales, which pre-training does not have
+EXTENSION_KEYS = ("relative_position_bias_table", "gamma")
+log = logging.getLogger("droppos_bench")
+
+
+def resolve_extensions(options: dict[str, Any], ckpt: Checkpoint | None) -> dict[str, Any]:
+    """`options` with rel_pos_bias / layer_scale_init "auto" decided by the checkpoint: on (layer scale 1.0, which
+    the loaded values replace) when it has them, off when it has none or there is no checkpoint."""
+    state = ckpt.state if ckpt else {}
+    resolved = dict(options)
+    if resolved["rel_pos_bias"] == "auto":
+        resolved["rel_pos_bias"] = any(k.endswith("relative_position_bias_table") for k in state)
+    if resolved["layer_scale_init"] == "auto":
+        resolved["layer_scale_init"] = 1.0 if any(k.endswith("ls1.gamma") for k in state) else None
+    return resolved
+
+
+def build_segmentor(cfg: Config, num_classes: int, pretrained: bool = True) -> SegEncoderDecoder:
+    """UperNet of `cfg.model` on our ViT, its backbone loaded from the pre-trained encoder `cfg.ckpt` if set and
+    `pretrained` (pos embed resampled to the crop grid; only relative position tables and layer scales may be
+    missing); `pretrained=False` when `cfg.ckpt` holds a whole trained segmentor (seg eval)."""
+    ckpt = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
+    options = resolve_extensions(dict(cfg.model), ckpt)
+    heads = {key: options.pop(key) for key in HEAD_OPTIONS}
+    width = options.get("embed_dim", VIT_SIZES[options["size"]]["embed_dim"])
+    set_random_seed(cfg.seed)
+    model = build_mmseg_model(upernet_config(num_classes, cfg.data.crop_size, options, width, **heads,
+                                             bf16=cfg.precision == "bf16"))
+    if not torch.cuda.is_available():
+        model = revert_sync_batchnorm(model)  # SyncBN runs on GPUs only, also under DDP
+    if ckpt is not None and pretrained:
+        log.info("%s", load_pretrained(model.backbone.net, ckpt, allowed_missing=EXTENSION_KEYS))
+    return model
+
+
+def build_seg_runner(cfg: Config):
+    """Data, UperNet, layer-decayed AdamW, warmup + poly schedule and mIoU evaluation of a config, as a Runner."""
+    train, val = build_seg_dataset(cfg.data, "train"), build_seg_dataset(cfg.data, "val")
+    classes = train.metainfo["classes"]
+    model = build_segmentor(cfg, len(classes))
+    if cfg.compile:
+        model.backbone.compile()
+    net = model.backbone.net
+    groups = param_groups_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay,
+                                      net.num_layers, backbone_prefix=BACKBONE_PREFIX)
+    # the full-lr group first: mmengine logs the lr of the first group
+    optimizer = torch.optim.AdamW(groups[::-1], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  fused=torch.cuda.is_available())
+    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
+                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val, val_metric=SegMetric(),
+                                best_metric="mIoU", collate_fn="pseudo_collate", val_batch_size=1)
+    runner.register_hook(ModelMetaHook(BACKBONE_PREFIX, dict(net.config)))
+    runner.logger.info(f"UperNet, ViT-{cfg.model.size} at {cfg.data.crop_size} px, on {len(train)} images / "
+                       f"{len(classes)} classes; effective batch {cfg.effective_batch}, lr {cfg.optim.lr:.3g}, "
+                       f"layer decay {cfg.optim.layer_decay}, {cfg.schedule.iterations} steps")
+    return runner
+
+
+def run_seg_train(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Train per `config` with `key=value` overrides; returns the path of metrics.json."""
+    return train_from_config(build_seg_runner, CONFIGS_DIR, config, overrides)
