@@ -151,11 +151,6 @@ def class_names(data_cfg: Mapping[str, Any]) -> tuple[str, ...]:
     return ADE20K_CLASSES if data_cfg["classes"] is None else tuple(data_cfg["classes"])
 
 
-def num_classes(data_cfg: Mapping[str, Any]) -> int:
-    """How many classes the model predicts for a data config."""
-    return len(class_names(data_cfg))
-
-
 def build_seg_dataset(data_cfg: Mapping[str, Any], split: str) -> ADE20KLayoutDataset:
     """Split 'train' (with the training augmentation) or 'val' (with the test pipeline) of a data config:
     root, classes, crop_size, scale, ratio_range, cat_max_ratio, reduce_zero_label."""

@@ -15,7 +15,7 @@ from seg.data import (
     ADE20KLayoutDataset,
     CheckSegLabels,
     build_seg_dataset,
-    num_classes,
+    class_names,
 )
 
 SYNTH_CLASSES = SEMANTIC_CLASSES[1:]  # raw 0 is unlabelled; reduce_zero_label makes raw k class k - 1
@@ -84,7 +84,8 @@ def test_without_classes_the_dataset_has_ade20ks_150(root):
     dataset = ADE20KLayoutDataset(root, "val")
     assert dataset.metainfo["classes"] == ADE20K_CLASSES and len(dataset.metainfo["palette"]) == 150
     assert dataset.label_map is None
-    assert num_classes(dict(classes=None)) == 150 and num_classes(dict(classes=SYNTH_CLASSES)) == 10
+    assert class_names(dict(classes=None)) == ADE20K_CLASSES
+    assert class_names(dict(classes=list(SYNTH_CLASSES))) == SYNTH_CLASSES
 
 
 def test_a_train_sample_is_a_crop_with_reduced_labels(root):

@@ -19,7 +19,7 @@ from seg.metric import SegMetric
 from seg.model import build_mmseg_model, upernet_config
 from seg.train import CONFIGS_DIR, build_seg_runner, build_segmentor
 
-STEPS = 100  # enough for sky and ground: mIoU ~16 against ~4 untrained
+STEPS = 100  # enough for sky and ground: mIoU 3.3 -> 15.8
 SHORT = {"schedule.iterations": 4, "schedule.warmup_iters": 2, "checkpoint.interval": 2, "batch_size": 4}
 
 
@@ -126,9 +126,8 @@ def test_layer_decay_groups_of_the_segmentor(data, tmp_path):
         else:
             assert name.startswith(("neck.", "decode_head.", "auxiliary_head.")) and lr_scale == 1.0, name
     no_decay = {name for name, (_, decay) in scale.items() if decay == 0}
-    assert {"backbone.net.cls_token", "backbone.net.blocks.0.norm1.weight",
+    assert {"backbone.net.cls_token", "backbone.net.pos_embed", "backbone.net.blocks.0.norm1.weight",
             "decode_head.bottleneck.bn.weight", "neck.upsample_4x.1.weight"} <= no_decay
-    assert "backbone.net.pos_embed" not in scale  # fixed sin-cos: not optimised at all
     assert scale["backbone.net.blocks.0.attn.qkv.weight"][1] == 0.05
     assert scale["decode_head.conv_seg.weight"][1] == 0.05
 

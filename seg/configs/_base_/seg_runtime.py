@@ -17,6 +17,7 @@ model = dict(
     size="base",
     out_indices=(3, 5, 7, 11),  # blocks whose outputs feed the 4-scale neck
     drop_path_rate=0.1,
+    pos_embed_trainable=True,  # the resampled pos embed is trained, as in mmseg's MAE backbone
     # BEiT's relative position bias table per block (zero init) and layer scale (init value) as in mmseg's MAE
     # backbone; "auto": on when the checkpoint has them, else off
     rel_pos_bias="auto",
