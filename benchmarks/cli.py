@@ -35,6 +35,25 @@ def run_convert(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({args.to} layout)")
 
 
+def run_bench_command(args: argparse.Namespace) -> None:
+    from .harness.run import report_suite, run_suite, store_path
+    from .harness.store import ResultsStore
+    from .harness.suite import load_suite, resolve_suite
+
+    suite = load_suite(resolve_suite(args.suite))
+    if args.bench_command == "report":
+        print(f"report: {report_suite(suite, args.out or suite.work_dir / 'report')}")
+        return
+    states = run_suite(suite) if args.bench_command == "run" else None
+    with ResultsStore(store_path(suite)) as store:
+        if args.bench_command == "status":
+            store.reset_interrupted()
+        print(store.status_table(suite.name))
+    failed = [job for job, state in (states or {}).items() if state == "failed"]
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(states)} jobs failed: {', '.join(failed)} (log tails above)")
+
+
 def run_posacc_command(args: argparse.Namespace) -> None:
     from pretrain.posacc import run_posacc
 
@@ -148,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "COCO box / mask AP of a trained detector on the val split",
                        "the training config (model, data, batch size)",
                        "ckpt=PATH (required, written by det train), data.root=..., work_dir=...")
+
+    bench = sub.add_parser("bench", help="run suites of checkpoints x benchmarks and report them as the paper's tables")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True)
+    suite_help = "suite file, or the name of a shipped one (benchmarks/suites/), e.g. paper-table6"
+    for name, text in (("run", "run every job of the suite that is not done yet (results kept in its store)"),
+                       ("status", "the suite's jobs: pending / running / done / failed, with failures' log tails"),
+                       ("report", "Markdown / CSV / LaTeX tables beside the paper's numbers, plots, one HTML page")):
+        command = bench_commands.add_parser(name, help=text)
+        command.add_argument("suite", help=suite_help)
+        if name == "report":
+            command.add_argument("--out", type=Path, help="report folder (default: <suite work dir>/report)")
+        command.set_defaults(func=run_bench_command)
 
     seg = sub.add_parser("seg", help="ADE20K semantic segmentation (UperNet, mmsegmentation)")
     seg_commands = seg.add_subparsers(dest="seg_command", required=True)

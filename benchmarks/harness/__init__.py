@@ -1,0 +1,1 @@
+"""The benchmark harness: suites of checkpoints x benchmarks, the results store, reports."""

@@ -1,0 +1,303 @@
+"""Suite files: which checkpoints go through which benchmarks with which recipes, checked line by line.
+
+A suite is YAML:
+
+    name: paper-table6
+    data: {imagenet: /data/imagenet, coco: /data/coco, ade: /data/ADEChallengeData2016}
+    checkpoints:
+      - {label: DropPos 200ep (ours), path: work_dirs/droppos_vit_base_200ep/encoder.safetensors, epochs: 200,
+         reference: "tab6:DropPos 200", overrides: {seg: {optim.lr: 7.0e-4}}}
+      - {label: random init, random_init: true}
+    benchmarks:
+      - {name: det, config: mask_rcnn_vit_base_1x}
+      - {name: seg, config: upernet_vit_base_80k, overrides: {schedule.iterations: 80000}}
+
+Every mistake (an unknown key, a missing checkpoint file, an unknown benchmark) is reported with the suite
+file's line, before anything runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .reference import parse_reference
+
+# benchmark name -> (CLI words, dataset kind, {metrics.json key: (report key, factor to percent)})
+BENCHMARKS: dict[str, tuple[tuple[str, ...], str, dict[str, tuple[str, float]]]] = {
+    "cls.finetune": (("cls", "finetune"), "imagenet", {"top1": ("ft_top1", 1.0)}),
+    "cls.linprobe": (("cls", "linprobe"), "imagenet", {"top1": ("linprobe_top1", 1.0)}),
+    "cls.posprobe": (("cls", "posprobe"), "imagenet", {"top1": ("posprobe_pretrained", 1.0)}),
+    "det": (("det", "train"), "coco", {k: (k, 100.0) for k in ("APb", "APb50", "APb75", "APm", "APm50", "APm75")}),
+    "seg": (("seg", "train"), "ade", {"mIoU": ("mIoU", 1.0), "aAcc": ("aAcc", 1.0)}),
+    "posacc": (("posacc",), "imagenet", {"average": ("position", 1.0)}),
+}
+BACKENDS = ("local", "torchrun")
+DATA_KINDS = ("imagenet", "coco", "ade")
+SUITE_KEYS = {"name", "work_dir", "backend", "data", "checkpoints", "benchmarks", "synthetic"}
+BACKEND_KEYS = {"type", "gpus"}
+CHECKPOINT_KEYS = {"label", "path", "format", "epochs", "reference", "random_init", "overrides", "benchmarks"}
+BENCHMARK_KEYS = {"name", "config", "overrides"}
+
+
+SUITES_DIR = Path(__file__).parents[1] / "suites"
+
+
+class SuiteError(ValueError):
+    """A suite file is wrong; the message starts with 'file:line:'."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    label: str
+    path: str | None  # None: random init
+    format: str = "auto"
+    epochs: int | None = None
+    reference: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # benchmark name -> key: value
+    benchmarks: tuple[str, ...] | None = None  # only these of the suite's benchmarks (None: all)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    config: str | None  # posacc takes none
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: Path
+    name: str
+    work_dir: Path
+    backend: dict[str, Any]
+    data: dict[str, str]
+    checkpoints: tuple[Checkpoint, ...]
+    benchmarks: tuple[Benchmark, ...]
+    synthetic: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """One checkpoint through one benchmark: the CLI arguments that run it and where it writes."""
+
+    job_id: str
+    checkpoint: Checkpoint
+    benchmark: str
+    args: tuple[str, ...]  # after `droppos-bench`
+    work_dir: Path
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What identifies the job's result (stored with it): the command and the checkpoint."""
+        return {"args": list(self.args), "checkpoint": self.checkpoint.path, "format": self.checkpoint.format}
+
+
+class _Located:
+    """Python values of a YAML node tree, with each node's line to name in errors."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def error(self, node: yaml.Node, message: str) -> SuiteError:
+        return SuiteError(f"{self.path}:{node.start_mark.line + 1}: {message}")
+
+    def mapping(self, node: yaml.Node, allowed: set[str], what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """{key: (key node, value node)} of a mapping whose keys must be in `allowed`."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping")
+        items = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key not in allowed:
+                raise self.error(key_node, f"unknown key {key!r} in {what}; expected one of {sorted(allowed)}")
+            if key in items:
+                raise self.error(key_node, f"key {key!r} given twice in {what}")
+            items[key] = (key_node, value_node)
+        return items
+
+    def value(self, node: yaml.Node) -> Any:
+        return yaml.safe_load(yaml.serialize(node))
+
+    def text(self, node: yaml.Node, what: str) -> str:
+        value = self.value(node)
+        if not isinstance(value, str) or not value:
+            raise self.error(node, f"{what} must be a non-empty string")
+        return value
+
+    def plain_mapping(self, node: yaml.Node, what: str) -> dict[str, Any]:
+        value = self.value(node)
+        if not isinstance(value, dict):
+            raise self.error(node, f"{what} must be a mapping")
+        return value
+
+    def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise self.error(node, f"{what} must be a non-empty list")
+        return node.value
+
+
+def resolve_suite(name: str | Path) -> Path:
+    """A suite file, or the name of a shipped suite."""
+    path = Path(name)
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
+        return path
+    shipped = SUITES_DIR / f"{name}.yaml"
+    if not shipped.is_file():
+        known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no suite file {name!r} and no shipped suite of that name; shipped: {known}")
+    return shipped
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and check a suite file; every error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"suite file not found: {path}")
+    try:
+        root = yaml.compose(path.read_text())
+    except yaml.YAMLError as err:
+        raise SuiteError(f"{path}: not valid YAML: {err}") from None
+    doc = _Located(path)
+    if root is None:
+        raise SuiteError(f"{path}: empty suite file")
+    top = doc.mapping(root, SUITE_KEYS, "the suite")
+    for required in ("name", "checkpoints", "benchmarks"):
+        if required not in top:
+            raise doc.error(root, f"the suite needs '{required}'")
+    name = doc.text(top["name"][1], "name")
+    data = doc.plain_mapping(top["data"][1], "data") if "data" in top else {}
+    for kind_node, _ in (top["data"][1].value if "data" in top else []):
+        if kind_node.value not in DATA_KINDS:
+            raise doc.error(kind_node, f"unknown dataset {kind_node.value!r}; expected one of {list(DATA_KINDS)}")
+    backend = _backend(doc, top["backend"][1]) if "backend" in top else {"type": "local"}
+    checkpoints = tuple(_checkpoint(doc, node) for node in doc.sequence(top["checkpoints"][1], "checkpoints"))
+    labels = [c.label for c in checkpoints]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise doc.error(top["checkpoints"][1], f"checkpoint labels must differ: {duplicates}")
+    benchmarks = tuple(_benchmark(doc, node) for node in doc.sequence(top["benchmarks"][1], "benchmarks"))
+    for benchmark, node in zip(benchmarks, top["benchmarks"][1].value, strict=True):
+        kind = BENCHMARKS[benchmark.name][1]
+        if kind not in data:
+            raise doc.error(node, f"benchmark {benchmark.name!r} needs data.{kind} (the {kind} root)")
+    work_dir = Path(doc.text(top["work_dir"][1], "work_dir")) if "work_dir" in top else Path("work_dirs", "bench",
+                                                                                                   name)
+    synthetic = bool(doc.value(top["synthetic"][1])) if "synthetic" in top else False
+    return Suite(path, name, work_dir, backend, {k: str(v) for k, v in data.items()}, checkpoints, benchmarks,
+                 synthetic)
+
+
+def _backend(doc: _Located, node: yaml.Node) -> dict[str, Any]:
+    items = doc.mapping(node, BACKEND_KEYS, "backend")
+    backend = {key: doc.value(value) for key, (_, value) in items.items()}
+    backend.setdefault("type", "local")
+    if backend["type"] not in BACKENDS:
+        raise doc.error(items["type"][1], f"unknown backend {backend['type']!r}; expected one of {list(BACKENDS)}")
+    if "gpus" in backend and (not isinstance(backend["gpus"], int) or backend["gpus"] < 1):
+        raise doc.error(items["gpus"][1], "backend.gpus must be a positive integer")
+    return backend
+
+
+def _checkpoint(doc: _Located, node: yaml.Node) -> Checkpoint:
+    items = doc.mapping(node, CHECKPOINT_KEYS, "a checkpoint")
+    if "label" not in items:
+        raise doc.error(node, "a checkpoint needs a 'label'")
+    label = doc.text(items["label"][1], "label")
+    random_init = bool(doc.value(items["random_init"][1])) if "random_init" in items else False
+    path = None
+    if random_init == ("path" in items):
+        raise doc.error(node, f"checkpoint {label!r} needs either 'path' or 'random_init: true'")
+    if not random_init:
+        path = doc.text(items["path"][1], "path")
+        if not Path(path).is_file():
+            raise doc.error(items["path"][1], f"checkpoint file not found: {path}")
+    reference = None
+    if "reference" in items:
+        reference = doc.text(items["reference"][1], "reference")
+        try:
+            parse_reference(reference)
+        except ValueError as err:
+            raise doc.error(items["reference"][1], str(err)) from None
+    epochs = doc.value(items["epochs"][1]) if "epochs" in items else None
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 0):
+        raise doc.error(items["epochs"][1], "epochs must be a non-negative integer")
+    overrides = doc.plain_mapping(items["overrides"][1], "overrides") if "overrides" in items else {}
+    for key_node, value_node in (items["overrides"][1].value if "overrides" in items else []):
+        if key_node.value not in BENCHMARKS:
+            raise doc.error(key_node, f"overrides for unknown benchmark {key_node.value!r}; expected one of "
+                                      f"{sorted(BENCHMARKS)}")
+        doc.plain_mapping(value_node, f"overrides.{key_node.value}")
+    only = None
+    if "benchmarks" in items:
+        only = tuple(doc.value(items["benchmarks"][1]) or ())
+        unknown = [name for name in only if name not in BENCHMARKS]
+        if unknown:
+            raise doc.error(items["benchmarks"][1], f"unknown benchmarks {unknown}; expected from {sorted(BENCHMARKS)}")
+    fmt = doc.text(items["format"][1], "format") if "format" in items else "auto"
+    return Checkpoint(label, path, fmt, epochs, reference, overrides, only)
+
+
+def _benchmark(doc: _Located, node: yaml.Node) -> Benchmark:
+    items = doc.mapping(node, BENCHMARK_KEYS, "a benchmark")
+    if "name" not in items:
+        raise doc.error(node, "a benchmark needs a 'name'")
+    name = doc.text(items["name"][1], "name")
+    if name not in BENCHMARKS:
+        raise doc.error(items["name"][1], f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
+    if name != "posacc" and "config" not in items:
+        raise doc.error(node, f"benchmark {name!r} needs a 'config' (a shipped config name or a file)")
+    config = doc.text(items["config"][1], "config") if "config" in items else None
+    overrides = doc.plain_mapping(items["overrides"][1], "overrides") if "overrides" in items else {}
+    return Benchmark(name, config, overrides)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "x"
+
+
+def expand_jobs(suite: Suite) -> list[Job]:
+    """Every checkpoint x benchmark, in suite order, with its CLI arguments and work dir; the job id ends in a
+    digest of the arguments, so a changed recipe is a new job and never takes an old result's place."""
+    jobs = []
+    for checkpoint in suite.checkpoints:
+        for benchmark in suite.benchmarks:
+            if checkpoint.benchmarks is not None and benchmark.name not in checkpoint.benchmarks:
+                continue
+            if benchmark.name == "posacc" and checkpoint.path is None:
+                continue  # the position decoder comes from pre-training
+            words, kind, _ = BENCHMARKS[benchmark.name]
+            root = suite.data[kind]
+            stem = f"{slug(checkpoint.label)}.{benchmark.name}"
+            args = _arguments(words, benchmark, checkpoint, root)
+            digest = hashlib.sha1(json.dumps([args, checkpoint.path, checkpoint.format]).encode()).hexdigest()[:8]
+            job_id = f"{stem}.{digest}"
+            work_dir = suite.work_dir / job_id
+            if benchmark.name == "posacc":
+                args += ("--out", str(work_dir / "metrics.json"))
+            else:
+                args += (f"work_dir={work_dir}",)
+            jobs.append(Job(job_id, checkpoint, benchmark.name, args, work_dir))
+    return jobs
+
+
+def _arguments(words: tuple[str, ...], benchmark: Benchmark, checkpoint: Checkpoint, root: str) -> tuple[str, ...]:
+    if benchmark.name == "posacc":
+        return (*words, checkpoint.path, "--data", root)
+    overrides = {"data.root": root, **benchmark.overrides, **checkpoint.overrides.get(benchmark.name, {})}
+    if checkpoint.path is not None:
+        overrides["ckpt"] = checkpoint.path
+    return (*words, benchmark.config, *(f"{key}={_cli_value(value)}" for key, value in overrides.items()))
+
+
+def _cli_value(value: Any) -> str:
+    """A value as mmengine's DictAction parses it back (lists and tuples as tuples, strings bare)."""
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_cli_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)

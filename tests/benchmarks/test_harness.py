@@ -1,0 +1,99 @@
+"""`bench run / status / report` end to end: jobs in their own processes, failures recorded without stopping the
+others, finished jobs never run again, and the report built from the results store."""
+import json
+import sys
+import textwrap
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.harness import run as harness_run
+from benchmarks.harness.run import store_path
+from benchmarks.harness.store import ResultsStore
+from benchmarks.harness.suite import expand_jobs, load_suite
+from benchmarks.synthetic import synthesize
+
+FAKE_JOB = """
+import json, pathlib, sys
+work_dir, ran, fail = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3] == "fail"
+with open(ran, "a") as out:
+    out.write(work_dir.name + "\\n")
+print("training ... step 1 of 1")
+if fail:
+    sys.exit("CUDA out of memory (pretend)")
+work_dir.mkdir(parents=True, exist_ok=True)
+(work_dir / "metrics.json").write_text(json.dumps({"last": {"mIoU": 41.5, "aAcc": 80.25}}))
+"""
+
+
+def write_suite(tmp_path, checkpoints, benchmarks, data):
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: test-suite
+        work_dir: {tmp_path / "bench"}
+        synthetic: true
+        data: {json.dumps(data)}
+        checkpoints: {json.dumps(checkpoints)}
+        benchmarks: {json.dumps(benchmarks)}
+        """))
+    return path
+
+
+@pytest.fixture
+def fake_suite(tmp_path, monkeypatch):
+    ran = tmp_path / "ran.txt"
+
+    def fake_command(job, backend):
+        fail = "broken" in job.checkpoint.label
+        return [sys.executable, "-c", FAKE_JOB, str(job.work_dir), str(ran), "fail" if fail else "ok"]
+
+    monkeypatch.setattr(harness_run, "job_command", fake_command)
+    checkpoints = [{"label": "DropPos 200ep", "random_init": True, "reference": "tab6:DropPos 200"},
+                   {"label": "broken", "random_init": True}, {"label": "MAE 200ep", "random_init": True}]
+    suite = write_suite(tmp_path, checkpoints, [{"name": "seg", "config": "upernet_tiny_synth"}], {"ade": "/data"})
+    return suite, ran
+
+
+def test_a_failing_job_is_recorded_and_the_others_run_once(fake_suite, capsys):
+    suite_path, ran = fake_suite
+    assert main(["bench", "run", str(suite_path)]) == 2
+    output = capsys.readouterr()
+    assert "1 of 3 jobs failed" in output.err and "broken.seg." in output.err
+    assert "CUDA out of memory (pretend)" in output.out  # the failure's log tail in the status table
+    assert len(ran.read_text().splitlines()) == 3
+
+    assert main(["bench", "run", str(suite_path)]) == 2  # only the failed job runs again
+    assert [line.split(".")[0] for line in ran.read_text().splitlines()] == [
+        "droppos-200ep", "broken", "mae-200ep", "broken"]
+    suite = load_suite(suite_path)
+    with ResultsStore(store_path(suite)) as store:
+        states = {record.checkpoint: (record.state, record.attempts) for record in store.jobs()}
+        done = store.get(expand_jobs(suite)[0].job_id)
+    assert states == {"DropPos 200ep": ("done", 1), "broken": ("failed", 2), "MAE 200ep": ("done", 1)}
+    assert done.metrics == {"mIoU": 41.5, "aAcc": 80.25}
+
+    assert main(["bench", "status", str(suite_path)]) == 0
+    assert "failed" in capsys.readouterr().out
+    assert main(["bench", "report", str(suite_path), "--out", str(suite_path.parent / "report")]) == 0
+    markdown = (suite_path.parent / "report" / "report.md").read_text()
+    assert "| DropPos 200ep (DropPos 200) | - (42.14) |" not in markdown  # mIoU is measured, not missing
+    assert "41.50 (40.70, +0.80)" in markdown and "MAE 200ep" in markdown
+    assert (suite_path.parent / "report" / "report.html").is_file()
+
+
+def test_a_real_segmentation_job_goes_from_suite_to_report(tmp_path):
+    synthesize(tmp_path / "data", num_images=12, size=64, seed=0)
+    ade = tmp_path / "data" / "ade" / "ADEChallengeData2016"
+    overrides = {"schedule.iterations": 2, "schedule.warmup_iters": 1, "batch_size": 4, "effective_batch": 4,
+                 "data.scale": [256, 64]}
+    suite_path = write_suite(tmp_path, [{"label": "random init", "random_init": True}],
+                             [{"name": "seg", "config": "upernet_tiny_synth", "overrides": overrides}],
+                             {"ade": str(ade)})
+    assert main(["bench", "run", str(suite_path)]) == 0
+    suite = load_suite(suite_path)
+    with ResultsStore(store_path(suite)) as store:
+        (record,) = store.jobs()
+    written = json.loads((expand_jobs(suite)[0].work_dir / "metrics.json").read_text())["last"]
+    assert record.state == "done" and record.metrics == {"mIoU": written["mIoU"], "aAcc": written["aAcc"]}
+    assert main(["bench", "report", str(suite_path)]) == 0
+    assert "random init" in (suite.work_dir / "report" / "report.md").read_text()

@@ -1,0 +1,217 @@
+"""The paper's reference numbers are transcribed completely, and reports set our numbers beside them exactly."""
+from __future__ import annotations
+
+import csv
+import html
+import io
+from pathlib import Path
+
+import pytest
+
+from benchmarks.harness.reference import TABLES, reference_value
+from benchmarks.harness.report import (
+    Result,
+    format_cell,
+    paper_tables,
+    render_csv,
+    render_latex,
+    render_markdown,
+    write_report,
+)
+
+REFERENCE_FILE = Path(__file__).parents[2].parent / "shared/paper/reference-results.md"
+SECTIONS = {"Table 1": "tab1", "Table 2": "tab2", "Table 3": "tab3", "Table 4": "tab4", "Table 5": "tab5",
+            "Table 6": "tab6", "Table 7": "tab7", "Table S1": "tabS1"}
+HEADER_METRICS = {
+    "IN1K ft": "ft_top1", "ViT-B": "ft_top1", "IN1K top-1": "ft_top1", "ViT-L": "ft_top1_vitl",
+    "position": "position", "APb": "APb", "APb50": "APb50", "APb75": "APb75", "APm": "APm", "APm50": "APm50",
+    "APm75": "APm75", "mIoU": "mIoU", "ADE20K mIoU": "mIoU", "aAcc": "aAcc",
+    "pre-trained": "posprobe_pretrained", "fine-tuned (IN1K)": "posprobe_finetuned",
+}
+MAE_PAPER_RUN = {"MAE (paper's own run)": "MAE (paper's run)", "MAE (paper's own pre-training)": "MAE (paper's run)"}
+TAB7_IDS = {"MoCo v3": "MoCo v3 600", "MAE": "MAE 1600", "DropPos": "DropPos 800"}
+# Tab. S3(d): the default model's position accuracy, rows eval gamma, columns eval gamma_pos
+DEFAULT_GRID = [[97.19, 98.69, 98.20, 92.30], [96.78, 98.26, 97.66, 91.05], [97.26, 96.82, 95.66, 89.12],
+                [79.94, 78.10, 68.73, 40.24]]
+
+
+def _markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    """{"tab1": [header cells, row cells, ...]} of the reference file's sections Table 1-7 and S1."""
+    tables: dict[str, list[list[str]]] = {}
+    key = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            key = SECTIONS.get(line[3:].split(":")[0])
+        elif key and line.startswith("|") and not line.startswith("|---"):
+            tables.setdefault(key, []).append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return tables
+
+
+def _row_id(key: str, cells: list[str]) -> str:
+    """Our row id of a printed row (the scheme of reference.py's docstring)."""
+    if key in ("tab5", "tab6"):
+        method = cells[0].removesuffix(" (official weights)")
+        method = MAE_PAPER_RUN.get(method, method)
+        return method if cells[1] == "-" else f"{method} {cells[1]}"
+    if key == "tab7":
+        return TAB7_IDS[cells[0]]
+    if key == "tabS1":
+        return f"{cells[0]} {'fixed' if cells[1].startswith('no') else 'learnable'}"
+    return cells[0]
+
+
+def test_tables_hold_every_number_of_the_reference_file_and_no_other():
+    if not REFERENCE_FILE.exists():
+        pytest.skip(f"{REFERENCE_FILE} is not beside this checkout")
+    parsed = _markdown_tables(REFERENCE_FILE.read_text())
+    assert set(parsed) == set(TABLES)
+    for key, (header, *printed) in parsed.items():
+        metrics = [HEADER_METRICS.get(cell) for cell in header]
+        expected = {_row_id(key, cells): {m: float(cell) for m, cell in zip(metrics, cells, strict=True)
+                                          if m is not None and cell != "-"} for cells in printed}
+        table = TABLES[key]
+        assert table.row_header == header[0], key
+        assert table.columns == tuple(m for m in metrics if m is not None), key
+        assert list(table.rows) == list(expected), key
+        assert table.rows == expected, key
+
+
+def test_hand_picked_reference_values():
+    assert reference_value("tab1:0.75", "APb") == 42.14
+    assert reference_value("tab2:1.00", "position") == 19.44
+    assert reference_value("tab3:1->0", "mIoU") == 40.68
+    assert reference_value("tab4:inf", "position") == 88.66
+    assert reference_value("tab5:DINO 1600", "ft_top1") == 82.8
+    assert reference_value("tab5:DINO 1600", "ft_top1_vitl") is None
+    assert reference_value("tab5:supervised", "ft_top1_vitl") == 82.6
+    assert reference_value("tab6:SemMAE 800", "APb75") == 55.2
+    assert reference_value("tab6:MAE (paper's run) 200", "APm") == 36.4
+    assert reference_value("tab7:DropPos 800", "posprobe_finetuned") == 88.0
+    assert reference_value("tabS1:random learnable", "mIoU") == 38.72
+    assert reference_value("tab6:DropPos 800", "ft_top1") is None
+
+
+def test_default_rows_are_one_model():
+    defaults = [TABLES[key].rows[TABLES[key].default_row] for key in ("tab1", "tab2", "tab3", "tab4")]
+    assert all(row == defaults[0] for row in defaults)
+    s1 = TABLES["tabS1"].rows[TABLES["tabS1"].default_row]
+    assert s1 == {"ft_top1": defaults[0]["ft_top1"], "mIoU": defaults[0]["mIoU"]}
+
+
+@pytest.mark.parametrize("ref, named", [("tab8:0.75", "tab1, tab2"), ("tab6:DropPos 1600", "'DropPos 800'"),
+                                        ("DropPos 800", "tab1, tab2")])
+def test_unknown_reference_names_it_and_the_valid_ones(ref, named):
+    with pytest.raises(ValueError, match=ref) as error:
+        reference_value(ref, "APb")
+    assert named in str(error.value)
+
+
+@pytest.fixture()
+def results() -> list[Result]:
+    return [
+        Result("DropPos 200ep (ours)", "tab6:DropPos 200", {"APb": 42.31, "APm": 37.5, "mIoU": 40.7, "ft_top1": 82.9}),
+        Result("MAE 200ep", "tab6:MAE (paper's run) 200", {"APb": 39.87, "mIoU": 41.02}),
+        Result("random init", None, {"mIoU": 20.5, "ft_top1": 70.123}),
+        Result("gamma 0.75", "tab1:0.75", {"ft_top1": 82.9, "position": 88.0}, grids={"position": DEFAULT_GRID}),
+    ]
+
+
+LEGEND = "Cells: ours (paper, ours - paper); '- (paper)' where we have no value; '-' where neither has one."
+EXPECTED_MARKDOWN = "\n".join([
+    "# droppos-bench report",
+    "",
+    "> Note: these numbers come from tiny models and/or synthetic data. They show that the pipeline runs end to end "
+    "and say nothing about DropPos.",
+    "",
+    "## Table 1: patch mask ratio gamma (ViT-B, 200 ep)",
+    "",
+    "| checkpoint (gamma) | ft_top1 | position | APb | APb50 | APb75 | APm | APm50 | APm75 | mIoU | aAcc |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| gamma 0.75 (0.75) | 82.90 (82.96, -0.06) | 88.00 (87.83, +0.17) | - (42.14) | - (61.99) | - (46.38) "
+    "| - (37.93) | - (59.23) | - (40.76) | - (40.68) | - (80.14) |",
+    "",
+    LEGEND,
+    "",
+    "## Table 6: COCO Mask R-CNN and ADE20K UperNet (ViT-B)",
+    "",
+    "| checkpoint (method) | APb | APb50 | APb75 | APm | APm50 | APm75 | mIoU | aAcc | ft_top1 |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| DropPos 200ep (ours) (DropPos 200) | 42.31 (42.10, +0.21) | - (62.00) | - (46.40) | 37.50 (37.90, -0.40) "
+    "| - (59.20) | - (40.80) | 40.70 (40.70, +0.00) | - (80.10) | 82.90 |",
+    "| MAE 200ep (MAE (paper's run) 200) | 39.87 (40.10, -0.23) | - (60.50) | - (44.10) | - (36.40) | - (57.80) "
+    "| - (39.30) | 41.02 (40.50, +0.52) | - (80.10) | - |",
+    "",
+    LEGEND,
+    "",
+    "## Other checkpoints",
+    "",
+    "| checkpoint | ft_top1 | mIoU |",
+    "| --- | --- | --- |",
+    "| random init | 70.12 | 20.50 |",
+    "",
+    LEGEND,
+    "",
+])
+
+
+def test_markdown_is_exact(results):
+    assert render_markdown(results, synthetic=True) == EXPECTED_MARKDOWN
+    assert "synthetic" not in render_markdown(results)
+
+
+def test_tables_in_paper_order_with_results_in_input_order(results):
+    grouped = paper_tables(results)
+    assert [table.key for table, _ in grouped] == ["tab1", "tab6", "other"]
+    assert [r.label for r in grouped[1][1]] == ["DropPos 200ep (ours)", "MAE 200ep"]
+    assert grouped[1][0].columns == (*TABLES["tab6"].columns, "ft_top1")  # measured beyond the paper's columns
+    assert grouped[2][0].columns == ("ft_top1", "mIoU")  # canonical order, not the order of the dict
+
+
+def test_cells_print_consistent_deltas():
+    assert format_cell(40.7, 40.7) == "40.70 (40.70, +0.00)"  # never "-0.00"
+    assert format_cell(82.904, 82.9) == "82.90 (82.90, +0.00)"  # the delta of the printed numbers
+    assert format_cell(None, None) == "-"
+
+
+def test_csv_has_one_line_per_cell(results):
+    rows = list(csv.reader(io.StringIO(render_csv(results))))
+    assert rows[0] == ["table", "label", "reference", "metric", "ours", "paper", "delta"]
+    assert len(rows) == 1 + 10 + 2 * 9 + 2
+    assert ["tab6", "DropPos 200ep (ours)", "tab6:DropPos 200", "APm", "37.5", "37.9", "-0.40"] in rows
+    assert ["other", "random init", "", "ft_top1", "70.123", "", ""] in rows
+
+
+def test_latex_escapes_labels_and_marks_deltas(results):
+    latex = render_latex([*results, Result("run_7 at 100% lr", "tab3:1->0", {"ft_top1": 83.0})])
+    assert r"run\_7 at 100\% lr (1-\textgreater{}0) & 83.00$^{+0.04}$ & -- (87.83) &" in latex
+    assert r"DropPos 200ep (ours) (DropPos 200) & 42.31$^{+0.21}$ & -- (62.00)" in latex
+    assert latex.count(r"\begin{tabular}") == latex.count(r"\bottomrule") == 4
+
+
+def test_write_report_writes_every_file_and_a_self_contained_page(results, tmp_path):
+    page = write_report(results, tmp_path / "report", synthetic=True)
+    out = tmp_path / "report"
+    assert page == out / "report.html"
+    assert (out / "report.md").read_text() == EXPECTED_MARKDOWN
+    assert (out / "results.csv").read_text() == render_csv(results)
+    assert (out / "tables.tex").read_text() == render_latex(results)
+    plots = sorted(path.name for path in (out / "plots").iterdir())
+    assert plots == ["bars_apb.png", "bars_apm.png", "bars_ft-top1.png", "bars_miou.png", "bars_position.png",
+                     "position_00_gamma-0.75.png"]
+    text = page.read_text()
+    assert text.count('<img src="data:image/png;base64,iVBOR') == len(plots)  # iVBOR: the PNG signature
+    assert all(html.escape(result.label) in text for result in results)
+    assert "<td>42.31 (42.10, +0.21)</td>" in text
+    assert not [path for path in out.rglob(".*")]  # no temporary file left behind
+
+
+def test_unknown_reference_fails_before_writing(results, tmp_path):
+    bad = Result("typo", "tab6:DropPos 1600", {"APb": 1.0})
+    with pytest.raises(ValueError, match="tab6:DropPos 1600"):
+        write_report([*results, bad], tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_position_grid_must_be_four_by_four(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        write_report([Result("flat", None, {"position": 50.0}, grids={"position": [[50.0] * 16]})], tmp_path)

@@ -1,0 +1,83 @@
+"""Suite files: errors that name the line, and the expansion into jobs."""
+import textwrap
+
+import pytest
+
+from benchmarks.harness.suite import SuiteError, expand_jobs, load_suite
+
+
+def write(tmp_path, text):
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "droppos.pth"
+    path.write_bytes(b"x")
+    return path
+
+
+GOOD = """
+name: small
+data: {{imagenet: /data/in1k, ade: /data/ade}}
+checkpoints:
+  - label: DropPos 200ep (ours)
+    path: {ckpt}
+    epochs: 200
+    reference: "tab6:DropPos 200"
+    overrides: {{seg: {{optim.lr: 0.0007}}}}
+  - label: random init
+    random_init: true
+benchmarks:
+  - name: seg
+    config: upernet_vit_base_80k
+    overrides: {{schedule.iterations: 100, data.scale: [2048, 512]}}
+  - name: posacc
+"""
+
+
+def test_a_good_suite_expands_into_jobs(tmp_path, checkpoint):
+    suite = load_suite(write(tmp_path, GOOD.format(ckpt=checkpoint)))
+    jobs = expand_jobs(suite)
+    assert [(j.checkpoint.label, j.benchmark) for j in jobs] == [
+        ("DropPos 200ep (ours)", "seg"), ("DropPos 200ep (ours)", "posacc"), ("random init", "seg")]
+    seg = jobs[0]
+    assert seg.job_id.startswith("droppos-200ep-ours.seg.") and seg.work_dir.parent == suite.work_dir
+    assert seg.args == ("seg", "train", "upernet_vit_base_80k", "data.root=/data/ade", "schedule.iterations=100",
+                        "data.scale=(2048,512)", "optim.lr=0.0007", f"ckpt={checkpoint}", f"work_dir={seg.work_dir}")
+    assert jobs[1].args[:4] == ("posacc", str(checkpoint), "--data", "/data/in1k")
+    assert not any(a.startswith("ckpt=") for a in jobs[2].args)
+    again = expand_jobs(load_suite(write(tmp_path, GOOD.format(ckpt=checkpoint))))
+    assert [j.job_id for j in again] == [j.job_id for j in jobs]  # ids are stable
+    changed = expand_jobs(load_suite(write(tmp_path, GOOD.format(ckpt=checkpoint).replace("100,", "200,"))))
+    assert changed[0].job_id != seg.job_id  # a changed recipe is a new job
+
+
+@pytest.mark.parametrize(("old", "new", "line", "message"), [
+    ("    epochs: 200", "    epoch: 200", 6, "unknown key 'epoch' in a checkpoint"),
+    ("  - name: posacc", "  - name: posac", 15, "unknown benchmark 'posac'"),
+    ("name: small", "name: small\ncolour: red", 2, "unknown key 'colour' in the suite"),
+    ('"tab6:DropPos 200"', '"tab6:DropPos 300"', 7, "DropPos 300"),
+    ("    random_init: true", "    path: missing.pth", 10, "checkpoint file not found: missing.pth"),
+    ("{seg: {optim.lr", "{segm: {optim.lr", 8, "overrides for unknown benchmark 'segm'"),
+    ("ade: /data/ade", "coco: /data/coco", 12, "needs data.ade"),
+    ("    config: upernet_vit_base_80k\n", "", 12, "needs a 'config'"),
+])
+def test_errors_name_the_line(tmp_path, checkpoint, old, new, line, message):
+    text = GOOD.format(ckpt=checkpoint)
+    assert old in text
+    path = write(tmp_path, text.replace(old, new))
+    with pytest.raises(SuiteError, match=rf"suite\.yaml:{line}: .*{message}"):
+        load_suite(path)
+
+
+def test_duplicate_labels_and_bad_yaml(tmp_path, checkpoint):
+    text = GOOD.format(ckpt=checkpoint).replace("label: random init", "label: DropPos 200ep (ours)")
+    with pytest.raises(SuiteError, match="labels must differ"):
+        load_suite(write(tmp_path, text))
+    with pytest.raises(SuiteError, match="not valid YAML"):
+        load_suite(write(tmp_path, "name: [unclosed"))
+    with pytest.raises(FileNotFoundError, match="suite file not found"):
+        load_suite(tmp_path / "nowhere.yaml")
