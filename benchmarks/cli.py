@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int, default=DEMO_DEFAULTS["images"], help="number of synthetic scenes")
     demo.add_argument("--size", type=int, default=DEMO_DEFAULTS["size"], help="image side in pixels")
     demo.add_argument("--seed", type=int, default=DEMO_DEFAULTS["seed"])
-    demo.set_defaults(func=lambda a: run_demo(a.out, a.images, a.size, a.seed))
+    demo.add_argument("--quick", action="store_true", help="a step or two of every benchmark (CI)")
+    demo.set_defaults(func=lambda a: run_demo(a.out, a.images, a.size, a.seed, a.quick))
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write a deterministic synthetic dataset in ImageNet, COCO and ADE20K "

@@ -1,16 +1,19 @@
-"""`droppos-bench demo`: the pipeline on built-in synthetic data.
+"""`droppos-bench demo`: the whole pipeline on built-in synthetic data.
 
-Today it synthesises scenes, reads them back through the real ImageNet / COCO / ADE20K loaders,
-smoke-checks the backbone (features, feature maps, checkpoint export and re-import), pre-trains a tiny DropPos
-for a few epochs on the mmengine Runner and scores its position-accuracy grid. The downstream benchmarks join
-as their tasks land.
+It synthesises scenes, reads them back through the real ImageNet / COCO / ADE20K loaders, smoke-checks the
+backbone (features, feature maps, checkpoint export and re-import), pre-trains a tiny DropPos and a tiny MAE on
+the mmengine Runner, and runs the demo suite (benchmarks/suites/demo.yaml): both and a random init through
+fine-tuning, the probes, position accuracy, detection and segmentation, then writes the report.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import os
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,21 @@ from torchvision import datasets, transforms
 from backbone import build_vit, export_checkpoint, load_model
 from backbone.safe_io import write_json_atomic
 
+from .harness.report import render_markdown
+from .harness.run import report_suite, run_suite, suite_results
+from .harness.suite import Suite, load_suite, resolve_suite
 from .synthetic import synthesize
 
 DEMO_DEFAULTS: dict[str, Any] = dict(out="work_dirs/demo", images=64, size=224, seed=0)
+PRETRAIN_EPOCHS = 4
+# --quick (CI): a step or two of every benchmark, small batches for a handful of scenes
+QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
+    **{name: {"schedule.epochs": 1, "schedule.warmup_epochs": 0, "batch_size": 2, "effective_batch": 2}
+       for name in ("cls.finetune", "cls.linprobe", "cls.posprobe")},
+    "det": {"schedule.iterations": 2, "schedule.warmup_iters": 1, "schedule.steps": [1], "batch_size": 2,
+            "effective_batch": 2},
+    "seg": {"schedule.iterations": 2, "schedule.warmup_iters": 1, "batch_size": 2, "effective_batch": 2},
+}
 log = logging.getLogger("droppos_bench.demo")
 
 
@@ -74,30 +89,38 @@ def smoke_check_backbone(data: Path, size: int, out: Path) -> dict[str, Any]:
                 images_per_s=round(len(images) / seconds, 1), checkpoint=str(path))
 
 
-def pretrain_tiny_droppos(data: Path, size: int, out: Path, train_images: int) -> dict[str, Any]:
-    """A few epochs of the tiny DropPos recipe on the demo scenes, then its Tab. S3 grid on the val split."""
+def pretrain_tiny(config: str, name: str, data: Path, size: int, out: Path, train_images: int) -> Path:
+    """A few epochs of a tiny pre-training recipe on the demo scenes; its last checkpoint (decoder included, for
+    position accuracy) is linked as out/<name>.pth, where the demo suite looks for it."""
     from engine import load_config
-    from pretrain.build import load_droppos
-    from pretrain.data import eval_transform, image_folder
-    from pretrain.position_eval import position_accuracy_grid
     from pretrain.train import CONFIGS_DIR, build_pretrain_runner, export_encoder
 
-    epochs, batch = 4, min(16, train_images)
-    cfg = load_config("droppos_tiny_synth", {"data.root": str(data), "work_dir": str(out / "pretrain_droppos"),
-                                             "model.img_size": size, "batch_size": batch, "effective_batch": batch,
-                                             "schedule.epochs": epochs, "log_interval": 3}, configs_dir=CONFIGS_DIR)
+    batch = min(16, train_images)
+    cfg = load_config(config, {"data.root": str(data), "work_dir": str(out / f"pretrain_{name}"),
+                               "model.img_size": size, "batch_size": batch, "effective_batch": batch,
+                               "schedule.epochs": PRETRAIN_EPOCHS, "log_interval": 3}, configs_dir=CONFIGS_DIR)
     runner = build_pretrain_runner(cfg)
     runner.train()
-    encoder = export_encoder(runner, cfg)
-    model = load_droppos(Path(runner.work_dir) / f"epoch_{epochs}.pth")
-    val = DataLoader(image_folder(data, "val", eval_transform(size)), batch_size=16)
-    grid = position_accuracy_grid(model, val)
-    return dict(iterations=runner.iter, encoder=str(encoder), position_accuracy=round(grid.mean().item(), 2),
-                chance=round(100 / (model.grid_size[0] * model.grid_size[1]), 2))
+    export_encoder(runner, cfg)
+    link = out / f"{name}.pth"
+    link.unlink(missing_ok=True)
+    link.symlink_to((Path(runner.work_dir) / f"epoch_{PRETRAIN_EPOCHS}.pth").resolve())
+    return link
 
 
-def run_demo(out: Path, images: int, size: int, seed: int) -> dict[str, Any]:
-    """Run every stage that exists so far and write `demo_summary.json`."""
+def demo_suite(out: Path, quick: bool) -> Suite:
+    """The shipped demo suite with its paths in `out`; `quick` shortens every schedule to a few steps (CI)."""
+    os.environ["DROPPOS_DEMO"] = str(out.resolve())
+    suite = load_suite(resolve_suite("demo"))
+    if not quick:
+        return suite
+    benchmarks = tuple(replace(b, overrides={**b.overrides, **QUICK_OVERRIDES.get(b.name, {})})
+                       for b in suite.benchmarks)
+    return replace(suite, benchmarks=benchmarks)
+
+
+def run_demo(out: Path, images: int, size: int, seed: int, quick: bool = False) -> dict[str, Any]:
+    """Run every stage, write `demo_summary.json` and the report; print the report's tables."""
     out = Path(out)
     start = time.perf_counter()
     data = out / "data"
@@ -106,10 +129,19 @@ def run_demo(out: Path, images: int, size: int, seed: int) -> dict[str, Any]:
     summary: dict[str, Any] = {"data": str(data), "layouts": check_layouts(data)}
     log.info("layouts read back: %s", summary["layouts"])
     summary["backbone"] = smoke_check_backbone(data, size, out)
-    summary["pretrain"] = pretrain_tiny_droppos(data, size, out, summary["layouts"]["imagenet_train"])
+    train_images = summary["layouts"]["imagenet_train"]
+    summary["pretrain"] = {name: str(pretrain_tiny(config, name, data, size, out, train_images))
+                           for name, config in (("droppos", "droppos_tiny_synth"), ("mae", "mae_tiny_synth"))}
+    suite = demo_suite(out, quick)
+    summary["jobs"] = run_suite(suite)
+    summary["report"] = str(report_suite(suite, out / "report"))
     summary["seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomic(out / "demo_summary.json", summary)
     print_summary(summary, out)
+    print(render_markdown(suite_results(suite), title="droppos-bench demo", synthetic=True))
+    failed = sorted(job for job, state in summary["jobs"].items() if state == "failed")
+    if failed:
+        raise ValueError(f"demo jobs failed: {', '.join(failed)}; logs in {suite.work_dir}/<job>/job.log")
     return summary
 
 
@@ -119,10 +151,10 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         ("ViT-Tiny features", backbone["feature_shape"]),
         ("feature maps (blocks 3,5,7,11)", backbone["feature_maps"][0]),
         ("forward images/s (CPU)", backbone["images_per_s"]), ("checkpoint round trip", "identical"),
-        ("DropPos pre-training iterations", summary["pretrain"]["iterations"]),
-        ("position accuracy, grid average %", f"{summary['pretrain']['position_accuracy']} "
-                                              f"(chance {summary['pretrain']['chance']})"),
-        ("pre-trained encoder", summary["pretrain"]["encoder"]),
+        ("pre-trained DropPos / MAE", f"{summary['pretrain']['droppos']}, {summary['pretrain']['mae']}"),
+        ("benchmark jobs", ", ".join(f"{n} {state}" for state, n in
+                                     sorted(Counter(summary["jobs"].values()).items()))),
+        ("report", summary["report"]),
         ("total seconds", summary["seconds"])]
     width = max(len(k) for k, _ in rows)
     print("\ndroppos-bench demo (synthetic scenes, tiny ViTs, a few iterations: a smoke check, not a benchmark)")

@@ -12,13 +12,15 @@ A suite is YAML:
       - {name: det, config: mask_rcnn_vit_base_1x}
       - {name: seg, config: upernet_vit_base_80k, overrides: {schedule.iterations: 80000}}
 
-Every mistake (an unknown key, a missing checkpoint file, an unknown benchmark) is reported with the suite
-file's line, before anything runs.
+Paths (checkpoints, data roots, work_dir) may use environment variables ($DATA/imagenet). Every mistake (an
+unknown key, a missing checkpoint file, an unknown benchmark) is reported with the suite file's line, before
+anything runs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +97,8 @@ class Job:
     @property
     def config(self) -> dict[str, Any]:
         """What identifies the job's result (stored with it): the command and the checkpoint."""
-        return {"args": list(self.args), "checkpoint": self.checkpoint.path, "format": self.checkpoint.format}
+        return {"args": list(self.args), "checkpoint": self.checkpoint.path, "format": self.checkpoint.format,
+                "version": file_version(self.checkpoint.path)}
 
 
 class _Located:
@@ -186,11 +189,12 @@ def load_suite(path: str | Path) -> Suite:
         kind = BENCHMARKS[benchmark.name][1]
         if kind not in data:
             raise doc.error(node, f"benchmark {benchmark.name!r} needs data.{kind} (the {kind} root)")
-    work_dir = Path(doc.text(top["work_dir"][1], "work_dir")) if "work_dir" in top else Path("work_dirs", "bench",
-                                                                                                   name)
+    work_dir = Path("work_dirs", "bench", name)
+    if "work_dir" in top:
+        work_dir = Path(os.path.expandvars(doc.text(top["work_dir"][1], "work_dir")))
     synthetic = bool(doc.value(top["synthetic"][1])) if "synthetic" in top else False
-    return Suite(path, name, work_dir, backend, {k: str(v) for k, v in data.items()}, checkpoints, benchmarks,
-                 synthetic)
+    return Suite(path, name, work_dir, backend, {k: os.path.expandvars(str(v)) for k, v in data.items()},
+                 checkpoints, benchmarks, synthetic)
 
 
 def _backend(doc: _Located, node: yaml.Node) -> dict[str, Any]:
@@ -214,7 +218,7 @@ def _checkpoint(doc: _Located, node: yaml.Node) -> Checkpoint:
     if random_init == ("path" in items):
         raise doc.error(node, f"checkpoint {label!r} needs either 'path' or 'random_init: true'")
     if not random_init:
-        path = doc.text(items["path"][1], "path")
+        path = os.path.expandvars(doc.text(items["path"][1], "path"))
         if not Path(path).is_file():
             raise doc.error(items["path"][1], f"checkpoint file not found: {path}")
     reference = None
@@ -264,7 +268,8 @@ def slug(text: str) -> str:
 
 def expand_jobs(suite: Suite) -> list[Job]:
     """Every checkpoint x benchmark, in suite order, with its CLI arguments and work dir; the job id ends in a
-    digest of the arguments, so a changed recipe is a new job and never takes an old result's place."""
+    digest of the arguments and the checkpoint file's version, so a changed recipe or a re-trained checkpoint is a
+    new job and never takes an old result's place."""
     jobs = []
     for checkpoint in suite.checkpoints:
         for benchmark in suite.benchmarks:
@@ -276,7 +281,8 @@ def expand_jobs(suite: Suite) -> list[Job]:
             root = suite.data[kind]
             stem = f"{slug(checkpoint.label)}.{benchmark.name}"
             args = _arguments(words, benchmark, checkpoint, root)
-            digest = hashlib.sha1(json.dumps([args, checkpoint.path, checkpoint.format]).encode()).hexdigest()[:8]
+            identity = [args, checkpoint.path, checkpoint.format, file_version(checkpoint.path)]
+            digest = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:8]
             job_id = f"{stem}.{digest}"
             work_dir = suite.work_dir / job_id
             if benchmark.name == "posacc":
@@ -285,6 +291,14 @@ def expand_jobs(suite: Suite) -> list[Job]:
                 args += (f"work_dir={work_dir}",)
             jobs.append(Job(job_id, checkpoint, benchmark.name, args, work_dir))
     return jobs
+
+
+def file_version(path: str | None) -> list[int] | None:
+    """Size and modification time of a checkpoint file (through links): a file written again is another version."""
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _arguments(words: tuple[str, ...], benchmark: Benchmark, checkpoint: Checkpoint, root: str) -> tuple[str, ...]:

@@ -107,3 +107,10 @@ def test_shipped_suites_are_valid_once_their_checkpoints_exist(name, tmp_path, m
     else:
         assert len(suite.checkpoints) == 16 and {b.name for b in suite.benchmarks} == {
             "cls.finetune", "posacc", "det", "seg"}
+
+
+def test_a_rewritten_checkpoint_is_a_new_job(tmp_path, checkpoint):
+    path = write(tmp_path, GOOD.format(ckpt=checkpoint))
+    before = expand_jobs(load_suite(path))[0].job_id
+    checkpoint.write_bytes(b"retrained")
+    assert expand_jobs(load_suite(path))[0].job_id != before
