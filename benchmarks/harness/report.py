@@ -43,6 +43,7 @@ class Result:
     reference: str | None
     metrics: dict[str, float]
     grids: dict[str, list[list[float]]] = field(default_factory=dict)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # benchmark -> (step, training loss)
 
 
 def _ordered_metrics(keys: Iterable[str]) -> tuple[str, ...]:
@@ -248,11 +249,29 @@ def render_html(results: Sequence[Result], plots: Sequence[Path], title: str = "
     return "\n".join(parts)
 
 
+def plot_loss_curves(results: Sequence[Result], out_dir: str | os.PathLike) -> list[Path]:
+    """One chart per benchmark with a training-loss curve per checkpoint that has one."""
+    paths = []
+    for benchmark in sorted({name for result in results for name in result.curves}):
+        fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+        ax = fig.subplots()
+        for result in results:
+            if result.curves.get(benchmark):
+                ax.plot(*zip(*result.curves[benchmark], strict=True), label=result.label)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{benchmark}: training loss")
+        ax.legend(fontsize=8)
+        paths.append(_save_figure(fig, Path(out_dir) / f"loss_{slug(benchmark)}.png"))
+    return paths
+
+
 def write_report(results: Sequence[Result], out_dir: str | os.PathLike, synthetic: bool = False) -> Path:
     """Write report.md, results.csv, tables.tex, plots/*.png and the self-contained report.html; return the html."""
     out_dir = Path(out_dir)
     markdown = render_markdown(results, synthetic=synthetic)  # an unknown reference fails before anything is written
-    plots = plot_metric_bars(results, out_dir / "plots") + plot_position_grids(results, out_dir / "plots")
+    plots = (plot_metric_bars(results, out_dir / "plots") + plot_position_grids(results, out_dir / "plots")
+             + plot_loss_curves(results, out_dir / "plots"))
     write_bytes_atomic(out_dir / "report.md", markdown.encode())
     write_bytes_atomic(out_dir / "results.csv", render_csv(results).encode())
     write_bytes_atomic(out_dir / "tables.tex", render_latex(results).encode())

@@ -88,8 +88,20 @@ def _run(jobs: dict[str, Job], record: JobRecord, suite: Suite, total: int) -> d
     return execute(jobs[record.job_id], suite.backend)
 
 
+def loss_curve(job: Job) -> list[tuple[int, float]]:
+    """(iteration, training loss) as the job's runs logged them (mmengine's vis_data/scalars.json, one folder per
+    run, so a resumed job has several); a later run's value replaces an earlier one's at the same iteration."""
+    points: dict[int, float] = {}
+    for path in sorted(job.work_dir.glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if "loss" in row:
+                points[int(row["step"])] = float(row["loss"])
+    return sorted(points.items())
+
+
 def suite_results(suite: Suite) -> list[Result]:
-    """One report row per checkpoint of the suite, with the metrics of its finished jobs."""
+    """One report row per checkpoint of the suite, with the metrics and loss curves of its finished jobs."""
     jobs = expand_jobs(suite)
     with ResultsStore(store_path(suite)) as store:
         done = {record.job_id: record for record in store.jobs(suite.name) if record.state == "done"}
@@ -97,6 +109,7 @@ def suite_results(suite: Suite) -> list[Result]:
     for checkpoint in suite.checkpoints:
         metrics: dict[str, float] = {}
         grids: dict[str, list[list[float]]] = {}
+        curves: dict[str, list[tuple[int, float]]] = {}
         for job in jobs:
             record = done.get(job.job_id)
             if job.checkpoint == checkpoint and record is not None:
@@ -104,7 +117,9 @@ def suite_results(suite: Suite) -> list[Result]:
                 if "grid" in values:
                     grids["position"] = values.pop("grid")
                 metrics.update(values)
-        results.append(Result(checkpoint.label, checkpoint.reference, metrics, grids))
+                if curve := loss_curve(job):
+                    curves[job.benchmark] = curve
+        results.append(Result(checkpoint.label, checkpoint.reference, metrics, grids, curves))
     return results
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.cli import main
 from benchmarks.harness import run as harness_run
-from benchmarks.harness.run import store_path
+from benchmarks.harness.run import store_path, suite_results
 from benchmarks.harness.store import ResultsStore
 from benchmarks.harness.suite import expand_jobs, load_suite
 from benchmarks.synthetic import synthesize
@@ -95,5 +95,8 @@ def test_a_real_segmentation_job_goes_from_suite_to_report(tmp_path):
         (record,) = store.jobs()
     written = json.loads((expand_jobs(suite)[0].work_dir / "metrics.json").read_text())["last"]
     assert record.state == "done" and record.metrics == {"mIoU": written["mIoU"], "aAcc": written["aAcc"]}
+    (result,) = suite_results(suite)
+    assert [step for step, _ in result.curves["seg"]] == [2]  # the tiny config logs at the last iteration
     assert main(["bench", "report", str(suite_path)]) == 0
     assert "random init" in (suite.work_dir / "report" / "report.md").read_text()
+    assert (suite.work_dir / "report" / "plots" / "loss_seg.png").is_file()

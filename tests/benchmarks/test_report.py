@@ -13,6 +13,7 @@ from benchmarks.harness.report import (
     Result,
     format_cell,
     paper_tables,
+    plot_loss_curves,
     render_csv,
     render_latex,
     render_markdown,
@@ -215,3 +216,11 @@ def test_unknown_reference_fails_before_writing(results, tmp_path):
 def test_position_grid_must_be_four_by_four(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         write_report([Result("flat", None, {"position": 50.0}, grids={"position": [[50.0] * 16]})], tmp_path)
+
+
+def test_loss_curves_one_chart_per_benchmark(tmp_path):
+    results = [Result("a", None, {}, curves={"seg": [(10, 2.0), (20, 1.5)], "det": [(5, 3.0)]}),
+               Result("b", None, {}, curves={"seg": [(10, 2.2)]}), Result("c", None, {})]
+    paths = plot_loss_curves(results, tmp_path)
+    assert [path.name for path in paths] == ["loss_det.png", "loss_seg.png"]
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths)
