@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Iterator
 from functools import partial
 from itertools import cycle
 from pathlib import Path
@@ -66,6 +67,11 @@ def train_batches(root: Path, crop: int, batch: int) -> list[dict]:
             for start in range(4)]
 
 
+def train_step(model: SegEncoderDecoder, optimizer: DeviceOptimWrapper, data: Iterator[dict]) -> None:
+    """The Runner's step: data preprocessor, autocast forward with both heads' losses, backward, AdamW."""
+    model.train_step(next(data), optimizer)
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
@@ -89,8 +95,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             model.train()
-            train = best_rates({"train": lambda d=data: model.train_step(next(d), optimizer)}, batch, args.rounds,
-                               args.steps, device)["train"]
+            step = partial(train_step, model, optimizer, data)
+            train = best_rates({"train": step}, batch, args.rounds, args.steps, device)["train"]
             memory = ""
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device) / 1e9
