@@ -2,24 +2,24 @@
 
 Each job is one `droppos-bench` command in its own process (so a crash or an out-of-memory kill takes down one
 job, not the harness), logging to <job work dir>/job.log; its metrics.json is read back into the results store.
+Backends: local and torchrun run the jobs one after another here, docker the same inside a container, slurm
+submits them all at once (slurm.py).
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .process import LOG_FILE, log_tail, read_metrics, run_logged
 from .report import Result, write_report
+from .slurm import run_on_scheduler
 from .store import JobRecord, ResultsStore, run_jobs
-from .suite import BENCHMARKS, Job, Suite, expand_jobs
+from .suite import Job, Suite, expand_jobs
 
 STORE_FILE = "results.sqlite"
-LOG_FILE = "job.log"
-TAIL_LINES = 20
 
 
 def store_path(suite: Suite) -> Path:
@@ -27,56 +27,70 @@ def store_path(suite: Suite) -> Path:
 
 
 def job_command(job: Job, backend: dict[str, Any]) -> list[str]:
-    """The process that runs `job`: the CLI in this interpreter, under torchrun with `gpus` processes for the
-    torchrun backend (position accuracy runs in one process: it is an evaluation)."""
-    if backend["type"] == "torchrun" and job.benchmark != "posacc":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={backend.get('gpus', 1)}", "-m", "benchmarks.cli", *job.args]
+    """The process that runs `job` (inside the container for docker): the CLI, under torchrun with `gpus`
+    processes for torchrun and SLURM, and for docker when `gpus` > 1 (position accuracy runs in one process: it is
+    an evaluation). Docker runs the image's own entry point, not this interpreter."""
+    kind, gpus = backend["type"], backend.get("gpus", 1)
+    distributed = job.benchmark != "posacc" and (kind in ("torchrun", "slurm") or (kind == "docker" and gpus > 1))
+    if kind == "docker":
+        if distributed:
+            return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "benchmarks.cli", *job.args]
+        return ["droppos-bench", *job.args]
+    if distributed:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                "-m", "benchmarks.cli", *job.args]
     return [sys.executable, "-m", "benchmarks.cli", *job.args]
 
 
-def read_metrics(job: Job) -> dict[str, Any]:
-    """The job's metrics in the report's keys and percent: the last evaluation of a training run, or the position
-    accuracy average (plus its grid)."""
-    path = job.work_dir / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the job finished without writing its metrics")
-    written = json.loads(path.read_text())
-    values = written if job.benchmark == "posacc" else written["last"]
-    metrics = {key: values[name] * factor for name, (key, factor) in BENCHMARKS[job.benchmark][2].items()}
-    if job.benchmark == "posacc":
-        metrics["grid"] = written["grid"]
-    return metrics
+def docker_mounts(suite: Suite) -> list[Path]:
+    """The folders a job reads or writes: the current folder (relative paths), every data root, each checkpoint's
+    folder (and its link target's), the suite's work dir; absolute, a folder inside another one left out."""
+    paths = [Path.cwd(), suite.work_dir, *map(Path, suite.data.values())]
+    for checkpoint in suite.checkpoints:
+        if checkpoint.path is not None:
+            paths += [Path(checkpoint.path).parent, Path(checkpoint.path).resolve().parent]
+    mounts: list[Path] = []
+    for folder in sorted({Path(os.path.abspath(path)) for path in paths}):  # a folder sorts before those inside it
+        if not any(folder.is_relative_to(mount) for mount in mounts):
+            mounts.append(folder)
+    return mounts
 
 
-def execute(job: Job, backend: dict[str, Any]) -> dict[str, Any]:
+def docker_run(suite: Suite) -> list[str]:
+    """`docker run` up to the image: every folder of `docker_mounts` at its own path and the current folder as
+    working directory, so the job's paths mean the same inside; this user's ids, so its files are ours."""
+    backend = suite.backend
+    command = [backend["docker"], "run", "--rm", "--ipc=host", *(["--gpus", "all"] if "gpus" in backend else [])]
+    for folder in docker_mounts(suite):
+        command += ["-v", f"{folder}:{folder}"]
+    return [*command, "-w", os.getcwd(), "--user", f"{os.getuid()}:{os.getgid()}", "-e", "PYTHONUNBUFFERED=1",
+            backend["image"]]
+
+
+def launch_command(job: Job, suite: Suite) -> list[str]:
+    """What the harness starts for `job`: its command, wrapped in `docker run` for the docker backend."""
+    command = job_command(job, suite.backend)
+    return docker_run(suite) + command if suite.backend["type"] == "docker" else command
+
+
+def execute(job: Job, command: list[str]) -> dict[str, Any]:
     """Run the job's command with its output appended to job.log; raise if it fails."""
-    job.work_dir.mkdir(parents=True, exist_ok=True)
-    command = job_command(job, backend)
-    with open(job.work_dir / LOG_FILE, "ab") as log:
-        log.write(("$ " + " ".join(command) + "\n").encode())
-        log.flush()
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    if result.returncode:
-        raise RuntimeError(f"exit status {result.returncode}")
+    status = run_logged(command, job.work_dir)
+    if status:
+        raise RuntimeError(f"exit status {status}")
     return read_metrics(job)
 
 
-def log_tail(job: Job, lines: int = TAIL_LINES) -> str:
-    path = job.work_dir / LOG_FILE
-    if not path.is_file():
-        return ""
-    with open(path, errors="replace") as log:
-        return "".join(deque(log, maxlen=lines))
-
-
 def run_suite(suite: Suite) -> dict[str, str]:
-    """Run every job of the suite that is not done yet, one after another; returns {job id: final state}."""
+    """Run every job of the suite that is not done yet: one after another, or all at once through SLURM (then
+    also waiting for the SLURM jobs a stopped harness left); returns {job id: final state}."""
     jobs = {job.job_id: job for job in expand_jobs(suite)}
     with ResultsStore(store_path(suite)) as store:
         store.add_jobs((job.job_id, suite.name, job.checkpoint.label, job.benchmark, job.config, str(job.work_dir))
                        for job in jobs.values())
         store.reset_interrupted()
+        if suite.backend["type"] == "slurm":
+            return run_on_scheduler(store, jobs, suite, lambda job: job_command(job, suite.backend))
         return run_jobs(store, list(jobs), lambda record: _run(jobs, record, suite, len(jobs)),
                         lambda record: log_tail(jobs[record.job_id]))
 
@@ -85,7 +99,7 @@ def _run(jobs: dict[str, Job], record: JobRecord, suite: Suite, total: int) -> d
     position = list(jobs).index(record.job_id) + 1
     print(f"[{position}/{total}] {record.checkpoint} / {record.benchmark}: running, log in "
           f"{jobs[record.job_id].work_dir / LOG_FILE}", flush=True)
-    return execute(jobs[record.job_id], suite.backend)
+    return execute(jobs[record.job_id], launch_command(jobs[record.job_id], suite))
 
 
 def loss_curve(job: Job) -> list[tuple[int, float]]:

@@ -1,5 +1,9 @@
 """The SQLite results store: one row per job, one transaction per state change, so a killed harness loses nothing
-it had finished and a re-run knows exactly what is left to do."""
+it had finished and a re-run knows exactly what is left to do.
+
+A job runs in a process of the harness (its pid and host are stored), or under a scheduler such as SLURM (the
+scheduler's job id is stored as `external_id`): such a job outlives the harness, so a later harness waits for it
+instead of running it again."""
 from __future__ import annotations
 
 import json
@@ -14,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 STATES = ("pending", "running", "done", "failed")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: external_id
 BUSY_TIMEOUT_MS = 30_000  # a second harness or `bench status` holds the write lock for milliseconds, never this long
 
 _SCHEMA = f"""
@@ -33,7 +37,8 @@ CREATE TABLE jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL,
     pid INTEGER,
-    host TEXT
+    host TEXT,
+    external_id TEXT
 )"""
 
 
@@ -53,8 +58,9 @@ class JobRecord:
     log_tail: str | None
     attempts: int
     updated_at: str
-    pid: int | None
+    pid: int | None  # the harness process that runs the job or waits for it
     host: str | None
+    external_id: str | None  # the scheduler's job id while a scheduler runs it
 
 
 _COLUMNS = ", ".join(field.name for field in fields(JobRecord))
@@ -82,10 +88,13 @@ class ResultsStore:
         # FULL, not NORMAL: in WAL mode NORMAL survives a killed process but can drop the last commits on power
         # loss. A commit here ends hours of GPU work and there are a handful per job, so the fsync is free.
         self._db.execute("PRAGMA synchronous = FULL")
-        with self._transaction() as db:
-            if self._check_version() == 0:
+        with self._transaction() as db:  # a new file or a migration is all there or not at all
+            version = self._check_version()
+            if version == 0:
                 db.execute(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                db.execute("ALTER TABLE jobs ADD COLUMN external_id TEXT")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _check_version(self) -> int:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -132,16 +141,39 @@ class ResultsStore:
                                      "give the new config a new job id")
 
     def claim(self, job_id: str) -> bool:
-        """Mark a pending, failed or interrupted job as running in this process; False if it is done or another
-        live process runs it."""
+        """Mark a pending, failed or interrupted job as running in this process; False if it is done, another
+        live process runs it, or a scheduler runs it (see `adopt`)."""
         with self._transaction() as db:
             record = self.get(job_id)
             if record is None:
                 raise KeyError(f"no job {job_id!r} in {self.path}")
-            if record.state == "done" or (record.state == "running" and self._is_live(record)):
+            running = record.state == "running" and (record.external_id is not None or self._is_live(record))
+            if record.state == "done" or running:
                 return False
             db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, pid = ?, host = ?, metrics = NULL, "
-                       "wall_time_s = NULL, log_tail = NULL, updated_at = ? WHERE job_id = ?",
+                       "wall_time_s = NULL, log_tail = NULL, external_id = NULL, updated_at = ? WHERE job_id = ?",
+                       (os.getpid(), self._host, _now(), job_id))
+            return True
+
+    def set_external_id(self, job_id: str, external_id: str) -> None:
+        """Record the scheduler's id of a job this process claimed and submitted: from now on the job is the
+        scheduler's, and a harness that is stopped and started again waits for it instead of submitting it twice."""
+        with self._transaction() as db:
+            updated = db.execute("UPDATE jobs SET external_id = ?, updated_at = ? "
+                                 "WHERE job_id = ? AND state = 'running' AND pid = ? AND host = ?",
+                                 (external_id, _now(), job_id, os.getpid(), self._host))
+            if updated.rowcount != 1:
+                raise RuntimeError(f"job {job_id!r} in {self.path} is not running in this process; not recording "
+                                   f"scheduler job {external_id!r} for it")
+
+    def adopt(self, job_id: str) -> bool:
+        """Make this process the one that waits for a job a scheduler runs (and records its end), taking over from
+        a harness that is gone; False if the job is not with a scheduler or a live harness still waits for it."""
+        with self._transaction() as db:
+            record = self.get(job_id)
+            if record is None or record.state != "running" or record.external_id is None or self._is_live(record):
+                return False
+            db.execute("UPDATE jobs SET pid = ?, host = ?, updated_at = ? WHERE job_id = ?",
                        (os.getpid(), self._host, _now(), job_id))
             return True
 
@@ -166,9 +198,11 @@ class ResultsStore:
                                    f"{state}")
 
     def reset_interrupted(self) -> list[str]:
-        """Put running jobs whose process is gone back to pending, so they show as interrupted, not running."""
+        """Put running jobs whose process is gone back to pending, so they show as interrupted, not running; a job
+        with a scheduler id is left running: the scheduler, not the harness, runs it."""
         with self._transaction() as db:
-            dead = [record.job_id for record in self.jobs() if record.state == "running" and not self._is_live(record)]
+            dead = [record.job_id for record in self.jobs()
+                    if record.state == "running" and record.external_id is None and not self._is_live(record)]
             db.executemany("UPDATE jobs SET state = 'pending', pid = NULL, host = NULL, updated_at = ? "
                            "WHERE job_id = ?", [(_now(), job_id) for job_id in dead])
         return dead
@@ -226,12 +260,12 @@ def run_jobs(store: ResultsStore, jobs: Sequence[str], execute: Callable[[JobRec
             store.finish(job_id, execute(record), time.monotonic() - start)
             states[job_id] = "done"
         except Exception as error:
-            store.fail(job_id, _failure_tail(record, error, log_tail), time.monotonic() - start)
+            store.fail(job_id, failure_tail(record, error, log_tail), time.monotonic() - start)
             states[job_id] = "failed"
     return states
 
 
-def _failure_tail(record: JobRecord, error: Exception, log_tail: Callable[[JobRecord], str]) -> str:
+def failure_tail(record: JobRecord, error: Exception, log_tail: Callable[[JobRecord], str]) -> str:
     """The job's log tail plus the exception in one line; an unreadable log must not stop the suite."""
     try:
         tail = log_tail(record).rstrip("\n")

@@ -39,10 +39,19 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str, dict[str, tuple[str, float]]]]
     "seg": (("seg", "train"), "ade", {"mIoU": ("mIoU", 1.0), "aAcc": ("aAcc", 1.0)}),
     "posacc": (("posacc",), "imagenet", {"average": ("position", 1.0)}),
 }
-BACKENDS = ("local", "torchrun")
 DATA_KINDS = ("imagenet", "coco", "ade")
 SUITE_KEYS = {"name", "work_dir", "backend", "data", "checkpoints", "benchmarks", "synthetic"}
-BACKEND_KEYS = {"type", "gpus"}
+# backend type -> the keys it takes
+BACKEND_KEYS = {
+    "local": {"type"},
+    "torchrun": {"type", "gpus"},
+    "slurm": {"type", "gpus", "partition", "timeout_min", "cpus_per_task", "mem_gb", "account", "constraint",
+              "cluster"},
+    "docker": {"type", "gpus", "image", "docker"},
+}
+REQUIRED_BACKEND_KEYS = {"slurm": ("timeout_min",), "docker": ("image",)}  # submitit's default time limit is 5 min
+BACKEND_DEFAULTS = {"docker": {"docker": "docker"}}  # the docker executable
+SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
 CHECKPOINT_KEYS = {"label", "path", "format", "epochs", "reference", "random_init", "overrides", "benchmarks"}
 BENCHMARK_KEYS = {"name", "config", "overrides"}
 
@@ -198,14 +207,37 @@ def load_suite(path: str | Path) -> Suite:
 
 
 def _backend(doc: _Located, node: yaml.Node) -> dict[str, Any]:
-    items = doc.mapping(node, BACKEND_KEYS, "backend")
-    backend = {key: doc.value(value) for key, (_, value) in items.items()}
-    backend.setdefault("type", "local")
-    if backend["type"] not in BACKENDS:
-        raise doc.error(items["type"][1], f"unknown backend {backend['type']!r}; expected one of {list(BACKENDS)}")
-    if "gpus" in backend and (not isinstance(backend["gpus"], int) or backend["gpus"] < 1):
-        raise doc.error(items["gpus"][1], "backend.gpus must be a positive integer")
+    """The backend's settings, each checked for the backend's type, with its defaults."""
+    if not isinstance(node, yaml.MappingNode):
+        raise doc.error(node, "backend must be a mapping")
+    type_node = next((value for key, value in node.value if key.value == "type"), None)
+    kind = "local" if type_node is None else doc.text(type_node, "backend.type")
+    if kind not in BACKEND_KEYS:
+        raise doc.error(type_node, f"unknown backend {kind!r}; expected one of {list(BACKEND_KEYS)}")
+    items = doc.mapping(node, BACKEND_KEYS[kind], f"the {kind} backend")
+    for required in REQUIRED_BACKEND_KEYS.get(kind, ()):
+        if required not in items:
+            raise doc.error(node, f"the {kind} backend needs '{required}'")
+    backend: dict[str, Any] = {"type": kind, **BACKEND_DEFAULTS.get(kind, {})}
+    for key, (_, value_node) in items.items():
+        what = f"backend.{key}"
+        if key in ("gpus", "timeout_min", "cpus_per_task"):
+            backend[key] = _positive(doc, value_node, what, (int,))
+        elif key == "mem_gb":
+            backend[key] = _positive(doc, value_node, what, (int, float))
+        elif key != "type":
+            backend[key] = doc.text(value_node, what)
+    if backend.get("cluster", "slurm") not in SUBMITIT_CLUSTERS:
+        raise doc.error(items["cluster"][1], f"unknown submitit cluster {backend['cluster']!r}; expected one of "
+                                             f"{list(SUBMITIT_CLUSTERS)}, or none: SLURM where srun is found")
     return backend
+
+
+def _positive(doc: _Located, node: yaml.Node, what: str, types: tuple[type, ...]) -> int | float:
+    value = doc.value(node)
+    if isinstance(value, bool) or not isinstance(value, types) or value <= 0:
+        raise doc.error(node, f"{what} must be a positive {'integer' if types == (int,) else 'number'}")
+    return value
 
 
 def _checkpoint(doc: _Located, node: yaml.Node) -> Checkpoint:
