@@ -5,9 +5,10 @@ for block i, and num_layers + 1 for everything else (final norm, heads, necks, d
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 EMBEDDING_NAMES = ("cls_token", "pos_embed", "patch_embed")
@@ -68,3 +69,11 @@ def param_groups_layer_decay(
         groups[(lid, decay)]["params"].append(param)
         groups[(lid, decay)]["param_names"].append(name)
     return [groups[key] for key in sorted(groups)]
+
+
+def adamw_layer_decay(model: nn.Module, lr: float, weight_decay: float, layer_decay: float, num_layers: int,
+                      betas: Sequence[float], backbone_prefix: str = "") -> torch.optim.AdamW:
+    """AdamW over `param_groups_layer_decay`, fused on GPUs; the full-lr group comes first because mmengine logs
+    the lr of the first group."""
+    groups = param_groups_layer_decay(model, lr, weight_decay, layer_decay, num_layers, backbone_prefix)
+    return torch.optim.AdamW(groups[::-1], lr=lr, betas=tuple(betas), fused=torch.cuda.is_available())

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from backbone import param_groups_layer_decay
+from backbone import adamw_layer_decay
 from benchmarks.coco_eval_speed import compare_coco_eval
 from benchmarks.synthetic import synthesize
 from benchmarks.timing import best_rates, hardware, step_parser
@@ -96,9 +96,8 @@ def main() -> None:
                             **extra).to(device)
     if args.compile:
         model.backbone.compile()
-    groups = param_groups_layer_decay(model, 1e-4, 0.1, 0.7, model.backbone.net.num_layers,
-                                      backbone_prefix=BACKBONE_PREFIX)
-    optimizer = torch.optim.AdamW(groups, lr=1e-4, fused=device.type == "cuda")
+    optimizer = adamw_layer_decay(model, 1e-4, 0.1, 0.7, model.backbone.net.num_layers, (0.9, 0.999),
+                                  backbone_prefix=BACKBONE_PREFIX)
     mode = ("bf16" if amp else "fp32") + (" compiled" if args.compile else "")
     print(f"ViTDet Mask R-CNN, ViT-{args.size} depth {model.backbone.net.num_layers}, {args.img_size} px, {mode}; "
           f"{hardware(device)}")

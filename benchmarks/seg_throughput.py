@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from mmengine.dataset import pseudo_collate
 
-from backbone import VIT_SIZES, param_groups_layer_decay
+from backbone import VIT_SIZES, adamw_layer_decay
 from benchmarks.synthetic import synthesize
 from benchmarks.timing import best_rates, hardware, step_parser
 from engine import DeviceOptimWrapper
@@ -80,9 +80,8 @@ def main() -> None:
     model = build_model(args.size, args.img_size, args.depth, amp, device)
     if args.compile:
         model.backbone.compile()
-    groups = param_groups_layer_decay(model, 1e-4, 0.05, 0.65, model.backbone.net.num_layers,
-                                      backbone_prefix=BACKBONE_PREFIX)
-    optimizer = DeviceOptimWrapper(torch.optim.AdamW(groups, lr=1e-4, fused=device.type == "cuda"),
+    optimizer = DeviceOptimWrapper(adamw_layer_decay(model, 1e-4, 0.05, 0.65, model.backbone.net.num_layers,
+                                                     (0.9, 0.999), backbone_prefix=BACKBONE_PREFIX),
                                    precision="bf16" if amp else "fp32")
     mode = ("bf16" if amp else "fp32") + (" compiled" if args.compile else "")
     print(f"UperNet, ViT-{args.size} depth {model.backbone.net.num_layers}, {args.img_size} px crops, {mode}; "

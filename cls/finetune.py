@@ -12,7 +12,7 @@ from mmengine.runner import set_random_seed
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from backbone import VisionTransformer, build_vit, load_pretrained, param_groups_layer_decay
+from backbone import VisionTransformer, adamw_layer_decay, build_vit, load_pretrained
 from engine import build_train_runner, peak_lr
 from engine.hooks import DeviceLoggedModel, ModelMetaHook
 from engine.runner import TrainSpec, train_from_config
@@ -77,9 +77,8 @@ def build_finetune_runner(cfg: Config):
     if cfg.compile:
         net.compile()
     lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
-    groups = param_groups_layer_decay(net, lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers)
-    # head group first: mmengine logs the lr of the first group
-    optimizer = torch.optim.AdamW(groups[::-1], lr=lr, betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
+    optimizer = adamw_layer_decay(net, lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers,
+                                  cfg.optim.betas)
     model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
     hooks = [EMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,

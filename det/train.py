@@ -5,11 +5,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from mmengine.config import Config
 from mmengine.runner import set_random_seed
 
-from backbone import load_pretrained, param_groups_layer_decay
+from backbone import adamw_layer_decay, load_pretrained
 from engine import build_train_runner
 from engine.hooks import ModelMetaHook
 from engine.runner import TrainSpec, default_work_dir, train_from_config
@@ -55,11 +54,8 @@ def build_det_runner(cfg: Config):
     if cfg.compile:
         model.backbone.compile()
     net = model.backbone.net
-    groups = param_groups_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay,
-                                      net.num_layers, backbone_prefix=BACKBONE_PREFIX)
-    # the full-lr group first: mmengine logs the lr of the first group
-    optimizer = torch.optim.AdamW(groups[::-1], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  fused=torch.cuda.is_available())
+    optimizer = adamw_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers,
+                                  cfg.optim.betas, backbone_prefix=BACKBONE_PREFIX)
     work_dir = Path(default_work_dir(cfg))
     metric = CocoMetric(val.annotation_file, val.category_ids, results_file=work_dir / RESULTS_FILE)
     runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,

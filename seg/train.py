@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.runner import set_random_seed
 
-from backbone import VIT_SIZES, load_pretrained, param_groups_layer_decay
+from backbone import VIT_SIZES, adamw_layer_decay, load_pretrained
 from backbone.checkpoint import Checkpoint, read_checkpoint
 from engine import build_train_runner
 from engine.hooks import ModelMetaHook
@@ -66,11 +66,8 @@ def build_seg_runner(cfg: Config):
     if cfg.compile:
         model.backbone.compile()
     net = model.backbone.net
-    groups = param_groups_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay,
-                                      net.num_layers, backbone_prefix=BACKBONE_PREFIX)
-    # the full-lr group first: mmengine logs the lr of the first group
-    optimizer = torch.optim.AdamW(groups[::-1], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  fused=torch.cuda.is_available())
+    optimizer = adamw_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers,
+                                  cfg.optim.betas, backbone_prefix=BACKBONE_PREFIX)
     runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val, val_metric=SegMetric(),
                                 best_metric="mIoU", collate_fn="pseudo_collate", val_batch_size=1)
