@@ -133,16 +133,29 @@ def strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def last_run_checkpoint(work_dir: str | os.PathLike) -> Path:
+    """The last checkpoint a training run saved in `work_dir`, as mmengine records it in `last_checkpoint` (looked
+    up beside that file when the recorded path no longer exists: a moved run, another mount point)."""
+    record = Path(work_dir) / "last_checkpoint"
+    if not record.is_file():
+        raise CheckpointError(f"{work_dir}: a folder without a last_checkpoint file: not the work dir of a training "
+                              "run that saved a checkpoint; give a checkpoint file")
+    path = Path(record.read_text().strip())
+    return path if path.is_file() else Path(work_dir) / path.name
+
+
 def read_checkpoint(
     path: str | os.PathLike, fmt: str = "auto", prefix: str | None = None, allow_pickle: bool = False
 ) -> Checkpoint:
     """Read any supported checkpoint into a flat encoder state dict.
 
     DDP's 'module.' prefix is always stripped; `prefix` then selects a sub-module (default: the format's
-    encoder, e.g. 'base_encoder.' for MoCo v3).
+    encoder, e.g. 'base_encoder.' for MoCo v3). A training run's work dir stands for its last checkpoint.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise CheckpointError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
+    if Path(path).is_dir():
+        path = last_run_checkpoint(path)
     obj, file_meta = load_file_safely(path, allow_pickle)
     try:
         fmt = detect_format(obj, file_meta) if fmt == "auto" else fmt

@@ -37,7 +37,7 @@ PRETRAIN_EPOCHS = 4
 # --quick (CI): a step or two of every benchmark, small batches for a handful of scenes
 QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
     **{name: {"schedule.epochs": 1, "schedule.warmup_epochs": 0, "batch_size": 2, "effective_batch": 2}
-       for name in ("cls.finetune", "cls.linprobe", "cls.posprobe")},
+       for name in ("cls.finetune", "cls.linprobe", "cls.posprobe", "cls.posprobe_finetuned")},
     "det": {"schedule.iterations": 2, "schedule.warmup_iters": 1, "schedule.steps": [1], "batch_size": 2,
             "effective_batch": 2},
     "seg": {"schedule.iterations": 2, "schedule.warmup_iters": 1, "batch_size": 2, "effective_batch": 2},

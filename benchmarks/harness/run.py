@@ -89,8 +89,12 @@ def run_suite(suite: Suite) -> dict[str, str]:
         store.add_jobs((job.job_id, suite.name, job.checkpoint.label, job.benchmark, job.config, str(job.work_dir))
                        for job in jobs.values())
         store.reset_interrupted()
-        if suite.backend["type"] == "slurm":
-            return run_on_scheduler(store, jobs, suite, lambda job: job_command(job, suite.backend))
+        if suite.backend["type"] == "slurm":  # in two waves: jobs that read another job's model after it
+            states: dict[str, str] = {}
+            for wave in ({i: j for i, j in jobs.items() if j.after is None},
+                         {i: j for i, j in jobs.items() if j.after is not None}):
+                states.update(run_on_scheduler(store, wave, suite, lambda job: job_command(job, suite.backend)))
+            return {job_id: states[job_id] for job_id in jobs}
         return run_jobs(store, list(jobs), lambda record: _run(jobs, record, suite, len(jobs)),
                         lambda record: log_tail(jobs[record.job_id]))
 

@@ -35,11 +35,14 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str, dict[str, tuple[str, float]]]]
     "cls.finetune": (("cls", "finetune"), "imagenet", {"top1": ("ft_top1", 1.0)}),
     "cls.linprobe": (("cls", "linprobe"), "imagenet", {"top1": ("linprobe_top1", 1.0)}),
     "cls.posprobe": (("cls", "posprobe"), "imagenet", {"top1": ("posprobe_pretrained", 1.0)}),
+    "cls.posprobe_finetuned": (("cls", "posprobe"), "imagenet", {"top1": ("posprobe_finetuned", 1.0)}),
     "det": (("det", "train"), "coco", {k: (k, 100.0) for k in ("APb", "APb50", "APb75", "APm", "APm50", "APm75")}),
     "seg": (("seg", "train"), "ade", {"mIoU": ("mIoU", 1.0), "aAcc": ("aAcc", 1.0)}),
     "posacc": (("posacc",), "imagenet", {"average": ("position", 1.0)}),
 }
 DATA_KINDS = ("imagenet", "coco", "ade")
+# benchmark -> the benchmark of the same checkpoint whose trained model it reads (Tab. 7 probes the fine-tuned model)
+PREREQUISITES = {"cls.posprobe_finetuned": "cls.finetune"}
 SUITE_KEYS = {"name", "work_dir", "backend", "data", "checkpoints", "benchmarks", "synthetic"}
 # backend type -> the keys it takes
 BACKEND_KEYS = {
@@ -102,6 +105,7 @@ class Job:
     benchmark: str
     args: tuple[str, ...]  # after `droppos-bench`
     work_dir: Path
+    after: str | None = None  # the job whose trained model this one reads: it must run first
 
     @property
     def config(self) -> dict[str, Any]:
@@ -194,7 +198,11 @@ def load_suite(path: str | Path) -> Suite:
     if duplicates:
         raise doc.error(top["checkpoints"][1], f"checkpoint labels must differ: {duplicates}")
     benchmarks = tuple(_benchmark(doc, node) for node in doc.sequence(top["benchmarks"][1], "benchmarks"))
-    for benchmark, node in zip(benchmarks, top["benchmarks"][1].value, strict=True):
+    for index, (benchmark, node) in enumerate(zip(benchmarks, top["benchmarks"][1].value, strict=True)):
+        needed = PREREQUISITES.get(benchmark.name)
+        if needed and needed not in [b.name for b in benchmarks[:index]]:
+            raise doc.error(node, f"benchmark {benchmark.name!r} reads the model {needed!r} trains: list {needed!r} "
+                                  "before it")
         kind = BENCHMARKS[benchmark.name][1]
         if kind not in data:
             raise doc.error(node, f"benchmark {benchmark.name!r} needs data.{kind} (the {kind} root)")
@@ -304,24 +312,29 @@ def expand_jobs(suite: Suite) -> list[Job]:
     new job and never takes an old result's place."""
     jobs = []
     for checkpoint in suite.checkpoints:
+        own: dict[str, Job] = {}  # this checkpoint's jobs by benchmark, for the benchmarks that read their models
         for benchmark in suite.benchmarks:
             if checkpoint.benchmarks is not None and benchmark.name not in checkpoint.benchmarks:
                 continue
             if benchmark.name == "posacc" and checkpoint.path is None:
                 continue  # the position decoder comes from pre-training
+            prerequisite = own.get(PREREQUISITES.get(benchmark.name, ""))
+            if benchmark.name in PREREQUISITES and prerequisite is None:
+                continue  # this checkpoint does not run the benchmark whose model it would read
+            model = str(prerequisite.work_dir) if prerequisite else checkpoint.path
             words, kind, _ = BENCHMARKS[benchmark.name]
-            root = suite.data[kind]
-            stem = f"{slug(checkpoint.label)}.{benchmark.name}"
-            args = _arguments(words, benchmark, checkpoint, root)
+            args = _arguments(words, benchmark, checkpoint, model, suite.data[kind])
             identity = [args, checkpoint.path, checkpoint.format, file_version(checkpoint.path)]
             digest = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:8]
-            job_id = f"{stem}.{digest}"
+            job_id = f"{slug(checkpoint.label)}.{benchmark.name}.{digest}"
             work_dir = suite.work_dir / job_id
             if benchmark.name == "posacc":
                 args += ("--out", str(work_dir / "metrics.json"))
             else:
                 args += (f"work_dir={work_dir}",)
-            jobs.append(Job(job_id, checkpoint, benchmark.name, args, work_dir))
+            own[benchmark.name] = Job(job_id, checkpoint, benchmark.name, args, work_dir,
+                                      prerequisite.job_id if prerequisite else None)
+            jobs.append(own[benchmark.name])
     return jobs
 
 
@@ -333,12 +346,15 @@ def file_version(path: str | None) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def _arguments(words: tuple[str, ...], benchmark: Benchmark, checkpoint: Checkpoint, root: str) -> tuple[str, ...]:
+def _arguments(words: tuple[str, ...], benchmark: Benchmark, checkpoint: Checkpoint, model: str | None,
+               root: str) -> tuple[str, ...]:
+    """The CLI words of a job: `model` is the checkpoint (a file, or a training run's work dir), None for random
+    init."""
     if benchmark.name == "posacc":
-        return (*words, checkpoint.path, "--data", root)
+        return (*words, model, "--data", root)
     overrides = {"data.root": root, **benchmark.overrides, **checkpoint.overrides.get(benchmark.name, {})}
-    if checkpoint.path is not None:
-        overrides["ckpt"] = checkpoint.path
+    if model is not None:
+        overrides["ckpt"] = model
     return (*words, benchmark.config, *(f"{key}={_cli_value(value)}" for key, value in overrides.items()))
 
 

@@ -273,3 +273,15 @@ def test_exported_files_get_umask_permissions(tmp_path, encoder):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644  # readable by the group, as on a shared cluster
+
+
+def test_a_training_runs_work_dir_stands_for_its_last_checkpoint(tmp_path):
+    model = build_vit("tiny", depth=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"state_dict": model.state_dict(), "meta": {}}, run / "epoch_3.pth")
+    (run / "last_checkpoint").write_text("/somewhere/else/run/epoch_3.pth")  # mmengine writes the path it saved to
+    assert read_checkpoint(run).path == str(run / "epoch_3.pth")
+    assert torch.equal(read_checkpoint(run).state["blocks.0.mlp.fc1.weight"], model.blocks[0].mlp.fc1.weight)
+    with pytest.raises(CheckpointError, match="without a last_checkpoint file"):
+        read_checkpoint(tmp_path)

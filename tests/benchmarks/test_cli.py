@@ -69,7 +69,7 @@ def test_the_quick_demo_runs_every_benchmark_and_writes_the_report(tmp_path, cap
     assert layouts["imagenet_train"] + layouts["imagenet_val"] == 16 and layouts["ade_labels"] == 16
     assert summary["backbone"]["feature_maps"][0] == [min(16, layouts["imagenet_train"]), 192, 4, 4]
     assert (tmp_path / "vit_tiny_vitdet_d2.pth").is_file() and (tmp_path / "vit_tiny_mmseg.pth").is_file()
-    assert set(summary["jobs"].values()) == {"done"} and len(summary["jobs"]) == 6 + 5 + 4
+    assert set(summary["jobs"].values()) == {"done"} and len(summary["jobs"]) == 7 + 6 + 5
     assert summary["report"] == str(tmp_path / "report" / "report.html")
     assert (tmp_path / "report" / "report.md").is_file()
     out = capsys.readouterr().out

@@ -358,3 +358,37 @@ def test_bad_slurm_settings_name_the_line(tmp_path, old, new, line, message):
 def test_a_good_slurm_backend_is_read_as_written(tmp_path):
     suite = load_suite(write_suite(tmp_path, ["a"], cluster="debug"))
     assert suite.backend == {"type": "slurm", "timeout_min": 60, "gpus": 8, "partition": "gpu", "cluster": "debug"}
+
+
+ORDERED_JOB = """
+import json, pathlib, sys, time
+work_dir, ran = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+if work_dir.name.split(".")[2] == "finetune":
+    time.sleep(1.0)  # run at the same time, the probe would finish first
+with open(ran, "a") as out:
+    out.write(work_dir.name.split(".")[2] + "\\n")
+work_dir.mkdir(parents=True, exist_ok=True)
+(work_dir / "metrics.json").write_text(json.dumps({"last": {"top1": 50.0}}))
+"""
+
+
+def test_a_job_that_reads_another_jobs_model_is_submitted_after_it(tmp_path, monkeypatch):
+    ran = tmp_path / "ran.txt"
+    monkeypatch.setattr(harness_run, "job_command",
+                        lambda job, backend: [sys.executable, "-c", ORDERED_JOB, str(job.work_dir), str(ran)])
+    monkeypatch.setattr(slurm, "POLL_S", 0.05)
+    text = SUITE.format(work_dir=tmp_path / "bench", cluster="local",
+                        checkpoints=json.dumps([{"label": "a", "random_init": True}]))
+    text = text.replace("{ade: /data/ade}", "{imagenet: /data/in1k}").replace(
+        "  - {name: seg, config: upernet_tiny_synth}",
+        "  - {name: cls.posprobe, config: posprobe_tiny_synth}\n"
+        "  - {name: cls.finetune, config: finetune_tiny_synth}\n"
+        "  - {name: cls.posprobe_finetuned, config: posprobe_tiny_synth}")
+    text = text.replace('"random_init": true}', '"random_init": true, "benchmarks": '
+                                                 '["cls.finetune", "cls.posprobe_finetuned"]}')
+    (tmp_path / "suite.yaml").write_text(text)
+    assert main(["bench", "run", str(tmp_path / "suite.yaml")]) == 0
+    assert ran.read_text().splitlines() == ["finetune", "posprobe_finetuned"]  # the second wave after the first
+    with ResultsStore(store_path(load_suite(tmp_path / "suite.yaml"))) as store:
+        assert [(r.benchmark, r.state) for r in store.jobs()] == [("cls.finetune", "done"),
+                                                                  ("cls.posprobe_finetuned", "done")]

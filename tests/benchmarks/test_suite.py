@@ -114,3 +114,21 @@ def test_a_rewritten_checkpoint_is_a_new_job(tmp_path, checkpoint):
     before = expand_jobs(load_suite(path))[0].job_id
     checkpoint.write_bytes(b"retrained")
     assert expand_jobs(load_suite(path))[0].job_id != before
+
+
+def test_the_fine_tuned_probe_reads_the_fine_tuning_job_of_its_checkpoint(tmp_path, checkpoint):
+    text = GOOD.format(ckpt=checkpoint).replace("{imagenet: /data/in1k, ade: /data/ade}", "{imagenet: /data/in1k}")
+    text = text[:text.index("benchmarks:")] + textwrap.dedent("""
+        benchmarks:
+          - {name: cls.finetune, config: finetune_tiny_synth}
+          - {name: cls.posprobe_finetuned, config: posprobe_tiny_synth}
+        """).lstrip("\n")
+    jobs = expand_jobs(load_suite(write(tmp_path, text)))
+    finetune, probe = jobs[0], jobs[1]
+    assert (finetune.benchmark, probe.benchmark) == ("cls.finetune", "cls.posprobe_finetuned")
+    assert f"ckpt={finetune.work_dir}" in probe.args and probe.after == finetune.job_id and finetune.after is None
+    assert jobs[3].after == jobs[2].job_id  # random init: its own fine-tuned model
+    first, second = "cls.finetune, config", "cls.posprobe_finetuned, config"
+    swapped = text.replace(first, "X").replace(second, first).replace("X", second)
+    with pytest.raises(SuiteError, match=r"suite\.yaml:12: .*list 'cls.finetune' before it"):
+        load_suite(write(tmp_path, swapped))
