@@ -83,8 +83,7 @@ def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
         patch_size=patch, in_chans=in_chans, embed_dim=width, depth=depth, num_heads=num_heads,
         mlp_ratio=mlp_ratio, qkv_bias="blocks.0.attn.qkv.bias" in state, class_token=class_token,
         global_pool=_global_pool(state, class_token),
-        rel_pos_bias=table is not None,
-        layer_scale_init=1.0 if "blocks.0.ls1.gamma" in state else None,  # any value: the weights replace it
+        **extension_options(state),
     )
     if "pos_embed" in state:
         _, grid = pos_embed_layout(state["pos_embed"].shape[1], class_token)
@@ -92,6 +91,13 @@ def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
     if "head.weight" in state and state["head.weight"].ndim == 2:
         config["num_classes"] = state["head.weight"].shape[0]
     return config
+
+
+def extension_options(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The ViT options for BEiT's relative position tables and layer scales that an encoder state dict has:
+    on (layer scale 1.0, which the loaded values replace) where it has them, off where it has none."""
+    return dict(rel_pos_bias="blocks.0.attn.relative_position_bias_table" in state,
+                layer_scale_init=1.0 if "blocks.0.ls1.gamma" in state else None)
 
 
 def _global_pool(state: dict[str, torch.Tensor], class_token: bool) -> str:

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from backbone import VisionTransformer
 from backbone.safe_io import write_json_atomic
 from engine import load_config
+from engine.runner import default_eval_dir
 from pretrain.data import eval_transform, image_folder
 
 from .finetune import CONFIGS_DIR, build_classifier
@@ -41,7 +42,7 @@ def run_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Pat
     loader = DataLoader(val, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda")
     metrics = evaluate_classifier(net, loader, device, bf16=cfg.precision == "bf16" and device.type == "cuda")
-    out = Path(cfg.work_dir or Path("work_dirs") / f"{cfg.config_name}_eval") / "metrics.json"
+    out = default_eval_dir(cfg) / "metrics.json"
     write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), split="val", images=len(val),
                                 **metrics))
     print(f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  ({len(val)} images) -> {out}")

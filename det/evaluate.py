@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from backbone.safe_io import write_json_atomic
 from engine import load_config
-from engine.runner import load_trained_model
+from engine.runner import default_eval_dir, load_trained_model
 
 from .coco_metric import CocoMetric
 from .data import collate
@@ -40,7 +40,7 @@ def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
     load_trained_model(model, cfg.ckpt, "det train", cfg.allow_pickle)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    out_dir = Path(cfg.work_dir or Path("work_dirs") / f"{cfg.config_name}_eval")
+    out_dir = default_eval_dir(cfg)
     metric = CocoMetric(val.annotation_file, val.category_ids, results_file=out_dir / RESULTS_FILE)
     loader = DataLoader(val, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate,
                         pin_memory=device.type == "cuda")

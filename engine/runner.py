@@ -58,6 +58,11 @@ def default_work_dir(cfg: Config) -> str:
     return cfg.work_dir or str(Path("work_dirs") / cfg.config_name)
 
 
+def default_eval_dir(cfg: Config) -> Path:
+    """`cfg.work_dir`, or work_dirs/<config name>_eval: where an evaluation command writes metrics.json."""
+    return Path(cfg.work_dir or Path("work_dirs") / f"{cfg.config_name}_eval")
+
+
 def batch_plan(effective_batch: int, batch_size: int, world_size: int) -> int:
     """Gradient-accumulation steps so that batch_size * world_size * steps == effective_batch, exactly."""
     per_step = batch_size * world_size

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from backbone.safe_io import write_json_atomic
 from engine import load_config
-from engine.runner import load_trained_model
+from engine.runner import default_eval_dir, load_trained_model
 
 from .data import build_seg_dataset
 from .metric import SegMetric
@@ -45,7 +45,7 @@ def run_seg_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
     loader = DataLoader(val, batch_size=1, num_workers=cfg.data.num_workers, collate_fn=pseudo_collate,
                         pin_memory=device.type == "cuda")
     metrics = evaluate_segmentor(model, loader, SegMetric())
-    out = Path(cfg.work_dir or Path("work_dirs") / f"{cfg.config_name}_eval") / "metrics.json"
+    out = default_eval_dir(cfg) / "metrics.json"
     write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), split="val", images=len(val),
                                 **metrics))
     print("  ".join(f"{name} {metrics[name]:.2f}" for name in SUMMARY) + f"  ({len(val)} images) -> {out}")

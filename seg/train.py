@@ -12,6 +12,7 @@ from mmengine.runner import set_random_seed
 
 from backbone import VIT_SIZES, adamw_layer_decay, load_pretrained
 from backbone.checkpoint import Checkpoint, read_checkpoint
+from backbone.checkpoint_load import extension_options
 from engine import build_train_runner
 from engine.hooks import ModelMetaHook
 from engine.runner import TrainSpec, train_from_config
@@ -31,13 +32,8 @@ log = logging.getLogger("droppos_bench")
 def resolve_extensions(options: dict[str, Any], ckpt: Checkpoint | None) -> dict[str, Any]:
     """`options` with rel_pos_bias / layer_scale_init "auto" decided by the checkpoint: on (layer scale 1.0, which
     the loaded values replace) when it has them, off when it has none or there is no checkpoint."""
-    state = ckpt.state if ckpt else {}
-    resolved = dict(options)
-    if resolved["rel_pos_bias"] == "auto":
-        resolved["rel_pos_bias"] = any(k.endswith("relative_position_bias_table") for k in state)
-    if resolved["layer_scale_init"] == "auto":
-        resolved["layer_scale_init"] = 1.0 if any(k.endswith("ls1.gamma") for k in state) else None
-    return resolved
+    found = extension_options(ckpt.state if ckpt else {})
+    return {key: found[key] if key in found and value == "auto" else value for key, value in options.items()}
 
 
 def build_segmentor(cfg: Config, num_classes: int, pretrained: bool = True) -> SegEncoderDecoder:
