@@ -8,9 +8,9 @@ from torchvision import transforms
 
 
 def train_transform(img_size: int, aug: dict[str, Any]) -> transforms.Compose:
-    """RandomResizedCrop (`aug.crop_scale`) + flip + RandAugment (`aug.auto_augment`) + random erasing
+    """RandomResizedCrop (`aug.crop_scale`) + flip (`aug.hflip`) + RandAugment (`aug.auto_augment`) + random erasing
     (`aug.reprob`), bicubic."""
-    return create_transform(img_size, is_training=True, scale=tuple(aug["crop_scale"]),
+    return create_transform(img_size, is_training=True, scale=tuple(aug["crop_scale"]), hflip=aug["hflip"],
                             auto_augment=aug["auto_augment"], re_prob=aug["reprob"],
                             re_mode="pixel", re_count=1, interpolation="bicubic", color_jitter=None,
                             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from mmengine.dist import broadcast, get_rank, is_distributed, is_main_process
+from mmengine.dist import all_reduce, broadcast, get_rank, is_distributed, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel, is_model_wrapper
@@ -96,8 +96,9 @@ class DeviceLoggedModel(BaseModel):
 class DeviceLogHook(Hook):
     """At each log step, move the model's running means (and the mean gradient norm) into the message hub.
 
-    The model keeps its per-iteration losses and metrics on the device (`model.running_means`); this hook reads
-    them with a single host sync on exactly the iterations the LoggerHook writes (it runs just before it).
+    The model keeps its per-iteration losses and metrics on the device (`model.running_means`); this hook averages
+    them over the processes and reads them with a single host sync on exactly the iterations the LoggerHook writes
+    (it runs just before it).
     """
 
     priority = "NORMAL"
@@ -114,7 +115,9 @@ class DeviceLogHook(Hook):
         if grad_norm is not None:
             values["grad_norm"] = grad_norm
         if values:
-            numbers = torch.stack(list(values.values())).tolist()
+            numbers = torch.stack(list(values.values()))
+            all_reduce(numbers, op="mean")  # the whole batch's means, the same at any number of processes
+            numbers = numbers.tolist()
             for key, number in zip(values, numbers, strict=True):
                 runner.message_hub.update_scalar(f"train/{key}", number)
 

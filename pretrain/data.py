@@ -25,11 +25,13 @@ def imagenet_root(path: str | Path) -> Path:
                             f"{path}/val/<class>/*, or the same under {path}/imagenet)")
 
 
-def pretrain_transform(img_size: int, crop_scale: tuple[float, float] = (0.2, 1.0)) -> transforms.Compose:
-    """RandomResizedCrop (bicubic) and horizontal flip only, as in MAE and DropPos pre-training."""
+def pretrain_transform(img_size: int, crop_scale: tuple[float, float] = (0.2, 1.0),
+                       hflip: float = 0.5) -> transforms.Compose:
+    """RandomResizedCrop (bicubic) and horizontal flip (with probability `hflip`) only, as in MAE and DropPos
+    pre-training."""
     return transforms.Compose([
         transforms.RandomResizedCrop(img_size, scale=tuple(crop_scale), interpolation=BICUBIC),
-        transforms.RandomHorizontalFlip(),
+        transforms.RandomHorizontalFlip(hflip),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     ])

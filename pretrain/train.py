@@ -71,7 +71,7 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
     if cfg.compile:
         net.compile()
     img_size = model_cfg["img_size"]
-    dataset = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
+    dataset = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale, cfg.data.hflip),
                            cfg.data.skip_unreadable)
     lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(net, cfg.optim.weight_decay), lr=lr,

@@ -12,6 +12,7 @@ model = dict(
 )
 aug = dict(
     crop_scale=(0.08, 1.0),  # RandomResizedCrop area range
+    hflip=0.5,  # probability of a horizontal flip
     auto_augment="rand-m9-mstd0.5-inc1",  # RandAugment (timm)
     reprob=0.25,  # random erasing
     mixup=0.8,

@@ -3,6 +3,7 @@
 data = dict(
     root="data/imagenet",  # ImageNet layout: root/train/<class>/*.JPEG
     crop_scale=(0.2, 1.0),  # RandomResizedCrop scale; flip; nothing else
+    hflip=0.5,  # probability of a horizontal flip
     num_workers=10,  # data-loader processes per GPU
     skip_unreadable=False,  # an image PIL cannot decode stops the run with its name; True skips (and counts) it
 )
