@@ -18,6 +18,7 @@ from mmengine.config import Config
 from mmengine.dist import master_only
 from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.hooks import Hook
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
@@ -73,7 +74,12 @@ def batch_plan(effective_batch: int, batch_size: int, world_size: int) -> int:
 
 
 class TrainRunner(Runner):
-    """mmengine's Runner with atomic checkpoint files."""
+    """mmengine's Runner with atomic checkpoint files and, under torchrun, one log file per process."""
+
+    def build_logger(self, log_level: int | str = "INFO", log_file: str | None = None, **kwargs: Any) -> MMLogger:
+        """Every rank logs to <timestamp>_<host>_device<d>_rank<r>.log: a hang or an error on rank 3 of 16 is in
+        rank 3's file (mmengine keeps only rank 0's by default)."""
+        return super().build_logger(log_level, log_file, distributed=True, **kwargs)
 
     @master_only
     def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
