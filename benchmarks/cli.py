@@ -11,6 +11,7 @@ from pathlib import Path
 from mmengine.config import DictAction
 
 from backbone import FORMATS, LAYOUTS, CheckpointError, export_checkpoint, load_model
+from engine.config import NoGPUError
 
 from .demo import DEMO_DEFAULTS, run_demo
 
@@ -201,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, NoGPUError) as err:
         print(f"droppos-bench: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from backbone import VisionTransformer
 from backbone.safe_io import write_json_atomic
-from engine import load_config
+from engine import check_gpu, load_config
 from engine.runner import default_eval_dir
 from pretrain.data import eval_transform, image_folder
 
@@ -34,6 +34,7 @@ def evaluate_classifier(net: VisionTransformer, loader: DataLoader, device: torc
 def run_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (a fine-tuned checkpoint, head included) per `config`; returns the metrics.json path."""
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    check_gpu(cfg)
     if not cfg.ckpt:
         raise ValueError("cls eval needs ckpt=PATH: a fine-tuned checkpoint with its classification head")
     val = image_folder(cfg.data.root, "val", eval_transform(cfg.model.img_size), cfg.data.skip_unreadable)

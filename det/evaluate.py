@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbone.safe_io import write_json_atomic
-from engine import load_config
+from engine import check_gpu, load_config
 from engine.runner import default_eval_dir, load_trained_model
 
 from .coco_metric import CocoMetric
@@ -33,6 +33,7 @@ def evaluate_detector(model: ViTDetMaskRCNN, loader: DataLoader, metric: CocoMet
 def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (written by det train) per `config`; returns the metrics.json path."""
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    check_gpu(cfg)
     if not cfg.ckpt:
         raise ValueError("det eval needs ckpt=PATH: a detector checkpoint written by det train")
     val = coco_dataset(cfg, "val")

@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from mmengine.config import Config
+
+IN_CONTAINER = "DROPPOS_IN_CONTAINER"  # set by docker/Dockerfile
+
+
+class NoGPUError(RuntimeError):
+    """A config that needs a GPU, on a machine (or in a container) where torch sees none."""
 
 
 def resolve_config_path(name: str | Path, configs_dir: Path) -> Path:
@@ -46,3 +54,21 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     cfg.merge_from_dict(overrides or {})
     cfg.config_name = path.stem
     return cfg
+
+
+def check_gpu(cfg: Config) -> None:
+    """Stop before any work when the config asks for a GPU (`require_gpu=True`: the paper's recipes) and torch
+    sees none, saying what to check; hours of a ViT-B recipe on the CPU are never what was meant."""
+    if not cfg.get("require_gpu", False) or torch.cuda.is_available():
+        return
+    seen = (f"torch {torch.__version__} (CUDA build: {torch.version.cuda or 'no'}), "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}")
+    if os.environ.get(IN_CONTAINER):
+        where = ("Inside this container no GPU is visible: start it with --gpus all (docker/run.sh does), and check "
+                 "that the host has the NVIDIA driver and the NVIDIA Container Toolkit: "
+                 "`docker run --rm --gpus all --entrypoint nvidia-smi droppos-bench` must list the GPUs.")
+    else:
+        where = ("Check that `nvidia-smi` lists a GPU, that this torch is a CUDA build matching the driver, and "
+                 "that CUDA_VISIBLE_DEVICES (or the scheduler's GPU request) leaves a device to this process.")
+    raise NoGPUError(f"{cfg.config_name}: the config asks for a GPU (require_gpu=True) but torch sees none; {seen}. "
+                     f"{where} To run it on the CPU anyway (slowly, e.g. to debug), add require_gpu=False.")

@@ -25,7 +25,7 @@ from mmengine.runner import Runner
 from backbone.checkpoint import CheckpointError, read_checkpoint
 from backbone.safe_io import atomic_path
 
-from .config import load_config
+from .config import check_gpu, load_config
 from .hooks import (
     BroadcastBuffersHook,
     DeviceLogHook,
@@ -268,7 +268,9 @@ def train_from_config(build_runner: Callable[[Config], Runner], configs_dir: Pat
                       overrides: dict[str, Any] | None = None) -> Path:
     """Read `config` (a file, or a name shipped in `configs_dir`) with `key=value` overrides, build its Runner
     with `build_runner` and train; returns the path of work_dir/metrics.json."""
-    runner = build_runner(load_config(config, overrides, configs_dir=configs_dir))
+    cfg = load_config(config, overrides, configs_dir=configs_dir)
+    check_gpu(cfg)
+    runner = build_runner(cfg)
     runner.train()
     return Path(runner.work_dir) / "metrics.json"
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbone.safe_io import write_json_atomic
-from engine import load_config
+from engine import check_gpu, load_config
 from engine.runner import default_eval_dir, load_trained_model
 
 from .data import build_seg_dataset
@@ -35,6 +35,7 @@ def evaluate_segmentor(model: SegEncoderDecoder, loader: DataLoader, metric: Seg
 def run_seg_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (written by seg train) per `config`; returns the metrics.json path."""
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    check_gpu(cfg)
     if not cfg.ckpt:
         raise ValueError("seg eval needs ckpt=PATH: a segmentor checkpoint written by seg train")
     val = build_seg_dataset(cfg.data, "val")

@@ -9,3 +9,4 @@ optim = dict(base_lr=4e-3)  # peak 1e-3
 schedule = dict(epochs=10, warmup_epochs=1)
 precision = "fp32"
 log_interval = 10
+require_gpu = False  # sized for a CPU

@@ -8,3 +8,4 @@ optim = dict(type="sgd", base_lr=0.4)  # peak 0.1
 schedule = dict(epochs=10, warmup_epochs=1)
 precision = "fp32"
 log_interval = 10
+require_gpu = False  # sized for a CPU

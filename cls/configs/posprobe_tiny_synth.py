@@ -8,3 +8,4 @@ optim = dict(base_lr=1.6e-2)  # peak 4e-3
 schedule = dict(epochs=10)
 precision = "fp32"
 log_interval = 10
+require_gpu = False  # sized for a CPU

@@ -11,3 +11,4 @@ schedule = dict(iterations=300, warmup_iters=20, steps=(250,))
 precision = "fp32"
 log_interval = 10
 checkpoint = dict(interval=100, max_keep=1)
+require_gpu = False  # sized for a CPU

@@ -10,3 +10,4 @@ optim = dict(base_lr=4e-3)  # peak lr 4e-3 x 64 / 256 = 1e-3 for a tiny model on
 schedule = dict(epochs=20, warmup_epochs=1)
 precision = "fp32"
 log_interval = 10
+require_gpu = False  # sized for a CPU

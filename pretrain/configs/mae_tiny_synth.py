@@ -8,3 +8,4 @@ optim = dict(base_lr=4e-3)
 schedule = dict(epochs=20, warmup_epochs=1)
 precision = "fp32"
 log_interval = 10
+require_gpu = False  # sized for a CPU

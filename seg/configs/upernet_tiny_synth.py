@@ -14,3 +14,4 @@ schedule = dict(iterations=200, warmup_iters=20, val_interval=None)
 precision = "fp32"
 log_interval = 10
 checkpoint = dict(interval=100, max_keep=1)
+require_gpu = False  # sized for a CPU

@@ -41,6 +41,7 @@ schedule = dict(
     gamma=0.1,
     val_interval=None,  # evaluate every this many steps; None: at the end only
 )
+require_gpu = True  # stop at start when torch sees no GPU (a recipe sized for GPUs); False runs on the CPU
 precision = "bf16"  # autocast in training and evaluation; "fp32" to turn it off
 compile = False  # torch.compile the backbone
 log_interval = 20

@@ -24,6 +24,7 @@ schedule = dict(
     warmup_iters=None,
     min_lr=0.0,
 )
+require_gpu = True  # stop at start when torch sees no GPU (a recipe sized for GPUs); False runs on the CPU
 precision = "bf16"  # autocast (no loss scaler needed); "fp32" to turn it off
 compile = False  # torch.compile the model
 log_interval = 50  # iterations between log lines / TensorBoard points

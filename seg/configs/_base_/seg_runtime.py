@@ -47,6 +47,7 @@ schedule = dict(
     poly_power=1.0,  # then lr x (1 - progress) ** power down to 0
     val_interval=8000,  # evaluate (sliding window over the whole val split) every this many steps
 )
+require_gpu = True  # stop at start when torch sees no GPU (a recipe sized for GPUs); False runs on the CPU
 precision = "bf16"  # autocast in training and evaluation; "fp32" to turn it off
 compile = False  # torch.compile the backbone
 log_interval = 50
