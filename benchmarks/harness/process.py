@@ -16,11 +16,11 @@ LOG_FILE = "job.log"
 TAIL_LINES = 20
 
 
-def run_logged(command: list[str], work_dir: Path) -> int:
-    """Run `command` with its output appended to work_dir/job.log (after the command line itself); its exit
+def run_logged(command: list[str], work_dir: Path, log_file: str = LOG_FILE) -> int:
+    """Run `command` with its output appended to work_dir/`log_file` (after the command line itself); its exit
     status."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    with open(work_dir / LOG_FILE, "ab") as log:
+    with open(work_dir / log_file, "ab") as log:
         log.write(f"$ {shlex.join(command)}\n".encode())
         log.flush()
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode

@@ -1,5 +1,6 @@
-"""The SLURM backend, through submitit: each job of a suite is a one-node scheduler job of its own, all submitted at
-once to run in parallel; the harness then waits, polling, and records each job as it ends.
+"""The SLURM backend, through submitit: each job of a suite is a scheduler job of its own (one node, or `nodes`
+nodes running torchrun together), all submitted at once to run in parallel; the harness then waits, polling, and
+records each job as it ends.
 
 The scheduler's job id goes into the results store, so a harness that is stopped (Ctrl-C, a lost login session) and
 started again waits for the same SLURM jobs instead of submitting them twice. submitit's "local" and "debug"
@@ -9,6 +10,7 @@ not kept and a stopped run submits them again.
 from __future__ import annotations
 
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -22,18 +24,39 @@ from .suite import Job, Suite
 POLL_S = 15.0  # between looks at the jobs' result files; submitit asks SLURM itself (sacct) less often
 
 
+def node_command(command: list[str], node: int, hostnames: list[str], job_id: str) -> list[str] | None:
+    """The command one node of a scheduler job runs. On several nodes torchrun's `--standalone` becomes a static
+    rendezvous at the first node, on a port drawn from the job id (two jobs sharing a node do not collide); a
+    command that is not torchrun (position accuracy) runs on the first node only (None elsewhere)."""
+    if len(hostnames) == 1:
+        return command
+    if "--standalone" not in command:
+        return command if node == 0 else None
+    at = command.index("--standalone")
+    port = 20000 + zlib.crc32(job_id.encode()) % 20000
+    return [*command[:at], f"--nnodes={len(hostnames)}", f"--node_rank={node}", f"--master_addr={hostnames[0]}",
+            f"--master_port={port}", *command[at + 1:]]
+
+
 def run_on_node(command: list[str], work_dir: Path) -> tuple[int, float]:
-    """What each scheduler job runs: the job's command, logged to its job.log; (exit status, seconds it ran)."""
+    """What each node of a scheduler job runs: its part of the job's command, logged to job.log (the first node)
+    or job.node<i>.log; (exit status, seconds it ran)."""
     start = time.monotonic()
-    return run_logged(command, work_dir), time.monotonic() - start
+    env = submitit.JobEnvironment()
+    command = node_command(command, env.node, env.hostnames, env.job_id)
+    if command is None:
+        return 0, 0.0
+    log_file = LOG_FILE if env.node == 0 else f"job.node{env.node}.log"
+    return run_logged(command, work_dir, log_file), time.monotonic() - start
 
 
 def make_executor(suite: Suite) -> submitit.AutoExecutor:
-    """A submitit executor for one-node jobs with the suite's resources, its logs in <work dir>/slurm/; the local
-    clusters ignore what only SLURM understands (partition, account, constraint)."""
+    """A submitit executor for jobs of `nodes` nodes (one task each) with the suite's resources, its logs in
+    <work dir>/slurm/; the local clusters ignore what only SLURM understands (partition, account, constraint)."""
     backend = suite.backend
     executor = submitit.AutoExecutor(folder=suite.work_dir / "slurm", cluster=backend.get("cluster"))
-    executor.update_parameters(timeout_min=backend["timeout_min"], nodes=1, tasks_per_node=1,
+    executor.update_parameters(timeout_min=backend["timeout_min"], nodes=backend.get("nodes", 1),
+                               tasks_per_node=1,
                                gpus_per_node=backend.get("gpus"), cpus_per_task=backend.get("cpus_per_task"),
                                mem_gb=backend.get("mem_gb"), slurm_partition=backend.get("partition"),
                                slurm_account=backend.get("account"), slurm_constraint=backend.get("constraint"))
@@ -122,10 +145,12 @@ def _fail(store: ResultsStore, job: Job, error: Exception, seconds: float) -> st
 
 
 def _command_result(submitted: submitit.Job) -> tuple[int, float]:
-    """(exit status, seconds) of the job's command; a job the scheduler ended first (time limit, memory, node
-    failure, scancel) gives no result, which is an error naming the scheduler's log."""
+    """(exit status, seconds) of the job's command: the first node's time, the first failing node's status; a job
+    the scheduler ended first (time limit, memory, node failure, scancel) gives no result, which is an error naming
+    the scheduler's log."""
     try:
-        return submitted.result()
+        nodes = submitted.results()
+        return next((status for status, _ in nodes if status), 0), nodes[0][1]
     except Exception as error:
         raise RuntimeError(f"scheduler job {submitted.job_id} ended without a result (state {submitted.state}); "
                            f"its log: {submitted.paths.stderr}") from error

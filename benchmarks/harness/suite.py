@@ -48,7 +48,7 @@ SUITE_KEYS = {"name", "work_dir", "backend", "data", "checkpoints", "benchmarks"
 BACKEND_KEYS = {
     "local": {"type"},
     "torchrun": {"type", "gpus"},
-    "slurm": {"type", "gpus", "partition", "timeout_min", "cpus_per_task", "mem_gb", "account", "constraint",
+    "slurm": {"type", "gpus", "nodes", "partition", "timeout_min", "cpus_per_task", "mem_gb", "account", "constraint",
               "cluster"},
     "docker": {"type", "gpus", "image", "docker"},
 }
@@ -229,7 +229,7 @@ def _backend(doc: _Located, node: yaml.Node) -> dict[str, Any]:
     backend: dict[str, Any] = {"type": kind, **BACKEND_DEFAULTS.get(kind, {})}
     for key, (_, value_node) in items.items():
         what = f"backend.{key}"
-        if key in ("gpus", "timeout_min", "cpus_per_task"):
+        if key in ("gpus", "nodes", "timeout_min", "cpus_per_task"):
             backend[key] = _positive(doc, value_node, what, (int,))
         elif key == "mem_gb":
             backend[key] = _positive(doc, value_node, what, (int, float))

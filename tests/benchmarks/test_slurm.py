@@ -1,5 +1,6 @@
 """The SLURM backend: jobs submitted all at once through submitit (its local cluster, and SLURM itself played by
-stand-ins for sbatch / srun / sacct) and run in parallel, failures recorded with their log tail, the suite's
+stand-ins for sbatch / srun / sacct) and run in parallel, multi-node jobs (torchrun agents meeting at the first
+node; a real fine-tune over two stand-in nodes), failures recorded with their log tail, the suite's
 resources in the batch script, SLURM jobs a killed harness left waited for instead of submitted again, the results
 store's external ids and its schema 1 -> 2 migration, and suite errors for bad SLURM settings."""
 import json
@@ -8,6 +9,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import textwrap
 from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +22,7 @@ from benchmarks.harness import slurm
 from benchmarks.harness.run import job_command, store_path
 from benchmarks.harness.store import ResultsStore
 from benchmarks.harness.suite import Checkpoint, Job, SuiteError, expand_jobs, load_suite
+from benchmarks.synthetic import synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,12 +132,12 @@ class LeftSlurmJob:
         self.polls += 1
         return self.polls >= 3
 
-    def result(self):
+    def results(self):
         if self.outcome == "killed":
             raise RuntimeError("has not produced any output")
         if self.outcome == "metrics":
             (self.work_dir / "metrics.json").write_text(json.dumps({"last": {"mIoU": 50.0, "aAcc": 90.0}}))
-        return 0, 12.5
+        return [(0, 12.5)]
 
 
 def in_a_gone_harness(db, calls):
@@ -234,29 +237,33 @@ def test_a_version_1_store_is_migrated_keeping_its_rows(tmp_path):
 
 
 # A stand-in for SLURM on this machine: sbatch runs the batch script in the background as job <sbatch's pid> (and
-# keeps a copy of it), srun runs the command with the output files it was given, sacct tells running from completed.
+# keeps a copy of it) with the variables of an N-node job, every node being localhost; srun starts one task per node
+# with the output files it was given; sacct tells running from completed.
 FAKE_SBATCH = """#!{python}
-import os, pathlib, shutil, subprocess, sys
+import os, pathlib, re, shutil, subprocess, sys
 state, job_id = pathlib.Path(os.environ["FAKE_SLURM"]), str(os.getpid())
 script = shutil.copy(sys.argv[-1], state / f"{job_id}.sbatch")
-env = {**os.environ, "SLURM_JOB_ID": job_id, "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0",
-       "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+nodes = re.search(r"--nodes=(\\d+)", pathlib.Path(script).read_text()).group(1)
+env = {**os.environ, "SLURM_JOB_ID": job_id, "SLURM_NTASKS": nodes, "SLURM_JOB_NUM_NODES": nodes,
+       "SLURM_JOB_NODELIST": ",".join(["localhost"] * int(nodes))}
 batch = subprocess.Popen(["bash", script], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
 (state / f"{job_id}.pid").write_text(str(batch.pid))
 print(f"Submitted batch job {job_id}")
 """
 FAKE_SRUN = """#!{python}
-import os, sys
+import os, subprocess, sys
 args, files = sys.argv[1:], {}
 while args[0].startswith("--"):
     option = args.pop(0)
     if option in ("--output", "--error"):
-        files[option] = args.pop(0).replace("%j", os.environ["SLURM_JOB_ID"]).replace("%t", "0")
-out, err = open(files["--output"], "a"), open(files["--error"], "a")
-os.dup2(out.fileno(), 1)
-os.dup2(err.fileno(), 2)
-os.execvp(args[0], args)
+        files[option] = args.pop(0).replace("%j", os.environ["SLURM_JOB_ID"])
+tasks = []
+for node in range(int(os.environ["SLURM_JOB_NUM_NODES"])):
+    env = {**os.environ, "SLURM_NODEID": str(node), "SLURM_PROCID": str(node), "SLURM_LOCALID": "0"}
+    out, err = (open(files[o].replace("%t", str(node)), "a") for o in ("--output", "--error"))
+    tasks.append(subprocess.Popen(args, env=env, stdout=out, stderr=err))
+sys.exit(max(task.wait() for task in tasks))
 """
 FAKE_SACCT = """#!{python}
 import os, pathlib, sys
@@ -337,6 +344,7 @@ def test_a_slurm_job_runs_torchrun_with_its_gpus_and_posacc_in_one_process():
 
 @pytest.mark.parametrize(("old", "new", "line", "message"), [
     ("  gpus: 8", "  gpus: 0", 7, "backend.gpus must be a positive integer"),
+    ("  gpus: 8", "  gpus: 8\n  nodes: 0", 8, "backend.nodes must be a positive integer"),
     ("  timeout_min: 60", "  timeout_min: 1.5", 6, "backend.timeout_min must be a positive integer"),
     ("  timeout_min: 60", "  timeout_min: true", 6, "backend.timeout_min must be a positive integer"),
     ("  gpus: 8", "  gpus: 8\n  mem_gb: lots", 8, "backend.mem_gb must be a positive number"),
@@ -356,8 +364,10 @@ def test_bad_slurm_settings_name_the_line(tmp_path, old, new, line, message):
 
 
 def test_a_good_slurm_backend_is_read_as_written(tmp_path):
-    suite = load_suite(write_suite(tmp_path, ["a"], cluster="debug"))
-    assert suite.backend == {"type": "slurm", "timeout_min": 60, "gpus": 8, "partition": "gpu", "cluster": "debug"}
+    path = write_suite(tmp_path, ["a"], cluster="debug")
+    path.write_text(path.read_text().replace("  gpus: 8\n", "  gpus: 8\n  nodes: 4\n"))
+    assert load_suite(path).backend == {"type": "slurm", "timeout_min": 60, "gpus": 8, "nodes": 4, "partition": "gpu",
+                                        "cluster": "debug"}
 
 
 ORDERED_JOB = """
@@ -392,3 +402,52 @@ def test_a_job_that_reads_another_jobs_model_is_submitted_after_it(tmp_path, mon
     with ResultsStore(store_path(load_suite(tmp_path / "suite.yaml"))) as store:
         assert [(r.benchmark, r.state) for r in store.jobs()] == [("cls.finetune", "done"),
                                                                   ("cls.posprobe_finetuned", "done")]
+
+
+def test_a_two_node_job_trains_once_over_both_nodes(tmp_path, fake_slurm, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(slurm, "POLL_S", 0.5)
+    synthesize(tmp_path / "data", num_images=40, size=64, seed=0)  # 32 train images
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(textwrap.dedent(f"""
+        name: two-nodes
+        work_dir: {tmp_path / "bench"}
+        synthetic: true
+        backend: {{type: slurm, nodes: 2, gpus: 1, timeout_min: 30}}
+        data: {{imagenet: {tmp_path / "data" / "imagenet"}}}
+        checkpoints: [{{label: random init, random_init: true}}]
+        benchmarks:
+          - name: cls.finetune
+            config: finetune_tiny_synth
+            overrides: {{model.img_size: 64, schedule.epochs: 2, batch_size: 8, effective_batch: 16}}
+        """))
+    assert main(["bench", "run", str(suite)]) == 0
+    (script,) = fake_slurm.glob("*.sbatch")
+    assert "#SBATCH --nodes=2" in script.read_text() and "#SBATCH --ntasks-per-node=1" in script.read_text()
+    (job,) = ResultsStore(tmp_path / "bench" / "results.sqlite").jobs()
+    assert job.state == "done" and job.attempts == 1 and list(job.metrics) == ["ft_top1"]
+    work_dir = Path(job.work_dir)
+    first, second = (work_dir / "job.log").read_text(), (work_dir / "job.node1.log").read_text()
+    assert "--nnodes=2 --node_rank=0 --master_addr=localhost" in first
+    assert "--nnodes=2 --node_rank=1 --master_addr=localhost" in second
+    assert "Distributed training: True" in first
+    (run_dir,) = [path for path in work_dir.iterdir() if path.is_dir()]
+    assert sorted(path.stem.rsplit("_", 1)[-1] for path in run_dir.glob("*.log")) == ["rank0", "rank1"]
+    assert [row["epoch"] for row in json.loads((work_dir / "metrics.json").read_text())["history"]] == [1, 2]
+    assert sorted(path.name for path in work_dir.glob("epoch_*.pth")) == ["epoch_2.pth"]
+
+
+def test_each_node_gets_its_part_of_the_command():
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=8", "-m",
+                "benchmarks.cli", "seg", "train", "upernet_vit_base_80k"]
+    assert slurm.node_command(torchrun, 0, ["gpu7"], "12345") == torchrun  # one node: torchrun's own rendezvous
+    second = slurm.node_command(torchrun, 1, ["gpu7", "gpu8", "gpu9"], "12345")
+    port = second[6].removeprefix("--master_port=")
+    assert second == [sys.executable, "-m", "torch.distributed.run", "--nnodes=3", "--node_rank=1",
+                      "--master_addr=gpu7", f"--master_port={port}", "--nproc_per_node=8", "-m", "benchmarks.cli",
+                      "seg", "train", "upernet_vit_base_80k"]
+    assert 20000 <= int(port) < 40000 and slurm.node_command(torchrun, 0, ["gpu7", "gpu8"], "12345")[6] == second[6]
+    assert slurm.node_command(torchrun, 0, ["gpu7", "gpu8"], "12346")[6] != second[6], "another job, another port"
+    posacc = [sys.executable, "-m", "benchmarks.cli", "posacc", "droppos.pth"]
+    assert slurm.node_command(posacc, 0, ["gpu7", "gpu8"], "1") == posacc
+    assert slurm.node_command(posacc, 1, ["gpu7", "gpu8"], "1") is None, "a one-process evaluation runs on one node"
