@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import sys
@@ -36,12 +37,20 @@ def run_convert(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({args.to} layout)")
 
 
+def with_gpus(suite, gpus: int):
+    """`bench run --gpus N`: each job on N GPUs, whatever the suite says (a local suite runs under torchrun)."""
+    backend = {"type": "torchrun"} if suite.backend["type"] == "local" else dict(suite.backend)
+    return dataclasses.replace(suite, backend={**backend, "gpus": gpus})
+
+
 def run_bench_command(args: argparse.Namespace) -> None:
     from .harness.run import report_suite, run_suite, store_path
     from .harness.store import ResultsStore
     from .harness.suite import load_suite, resolve_suite
 
     suite = load_suite(resolve_suite(args.suite))
+    if getattr(args, "gpus", None):
+        suite = with_gpus(suite, args.gpus)
     if args.bench_command == "report":
         print(f"report: {report_suite(suite, args.out or suite.work_dir / 'report')}")
         return
@@ -180,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("suite", help=suite_help)
         if name == "report":
             command.add_argument("--out", type=Path, help="report folder (default: <suite work dir>/report)")
+        if name == "run":
+            command.add_argument("--gpus", type=int, help="GPUs per job (per node), in place of the suite's backend "
+                                 "setting; a local suite then runs each job under torchrun")
         command.set_defaults(func=run_bench_command)
 
     seg = sub.add_parser("seg", help="ADE20K semantic segmentation (UperNet, mmsegmentation)")

@@ -81,6 +81,28 @@ def test_a_failing_job_is_recorded_and_the_others_run_once(fake_suite, capsys):
     assert (suite_path.parent / "report" / "report.html").is_file()
 
 
+@pytest.mark.parametrize(("backend", "expected"), [
+    (None, {"type": "torchrun", "gpus": 4}),
+    ({"type": "docker", "image": "droppos-bench", "gpus": 8},
+     {"type": "docker", "image": "droppos-bench", "gpus": 4, "docker": "docker"}),
+])
+def test_run_gpus_sets_the_gpus_of_every_job(tmp_path, monkeypatch, backend, expected):
+    seen = []
+
+    def fake_command(job, backend):
+        seen.append(backend)
+        return [sys.executable, "-c", FAKE_JOB, str(job.work_dir), str(tmp_path / "ran.txt"), "ok"]
+
+    monkeypatch.setattr(harness_run, "job_command", fake_command)
+    monkeypatch.setattr(harness_run, "launch_command", lambda job, suite: harness_run.job_command(job, suite.backend))
+    suite_path = write_suite(tmp_path, [{"label": "a", "random_init": True}],
+                             [{"name": "seg", "config": "upernet_tiny_synth"}], {"ade": "/data"})
+    if backend:
+        suite_path.write_text(suite_path.read_text() + f"backend: {json.dumps(backend)}\n")
+    assert main(["bench", "run", str(suite_path), "--gpus", "4"]) == 0
+    assert seen == [expected]
+
+
 def test_a_real_segmentation_job_goes_from_suite_to_report(tmp_path):
     synthesize(tmp_path / "data", num_images=12, size=64, seed=0)
     ade = tmp_path / "data" / "ade" / "ADEChallengeData2016"
