@@ -11,10 +11,18 @@ def sincos_1d(embed_dim: int, positions: torch.Tensor) -> torch.Tensor:
     """Sin-cos code of 1D positions (float64): first half sin, second half cos, as in MAE."""
     if embed_dim % 2:
         raise ValueError(f"sin-cos embedding needs an even width, got {embed_dim}")
-    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64, device=positions.device) / (embed_dim / 2.0)
     omega = 1.0 / 10000**omega
     angles = positions.reshape(-1, 1).to(torch.float64) * omega
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def sincos_2d(embed_dim: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """2D sin-cos code (N, D) (float64) of (row, col) coordinates in MAE's channel layout (column code first); the
+    coordinates may be fractional and the code is differentiable in them (AdPE shifts positions by a learned delta)."""
+    if embed_dim % 4:
+        raise ValueError(f"2D sin-cos embedding needs a width divisible by 4, got {embed_dim}")
+    return torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
 
 
 def sincos_2d_pos_embed(embed_dim: int, grid: Grid, num_prefix_tokens: int = 1) -> torch.Tensor:
@@ -24,11 +32,9 @@ def sincos_2d_pos_embed(embed_dim: int, grid: Grid, num_prefix_tokens: int = 1) 
     the row index in the second half; keeping that order lets released checkpoints and freshly built
     models agree bit for bit.
     """
-    if embed_dim % 4:
-        raise ValueError(f"2D sin-cos embedding needs a width divisible by 4, got {embed_dim}")
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-    table = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
-    table = torch.cat([torch.zeros(num_prefix_tokens, embed_dim, dtype=torch.float64), table])
+    prefix = torch.zeros(num_prefix_tokens, embed_dim, dtype=torch.float64)
+    table = torch.cat([prefix, sincos_2d(embed_dim, rows, cols)])
     return table.float().unsqueeze(0)
 
 

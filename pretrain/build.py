@@ -1,4 +1,4 @@
-"""Building a pre-training model (DropPos or MAE) from its config, and loading one back with its decoder."""
+"""Building a pre-training model (DropPos, MAE, MAE+ or AdPE) from its config, and loading one back with its decoder."""
 from __future__ import annotations
 
 import os
@@ -8,14 +8,16 @@ import torch
 
 from backbone import CheckpointError, build_vit, infer_vit_config, read_checkpoint
 
+from .adpe import AdPE
 from .droppos import DropPos
 from .mae import MAE
+from .mae_plus import MAEPlus
 
-ARCHITECTURES = {"droppos": DropPos, "mae": MAE}
+ARCHITECTURES = {"droppos": DropPos, "mae": MAE, "mae_plus": MAEPlus, "adpe": AdPE}
 
 
-def build_pretrain_model(model_cfg: dict[str, Any]) -> DropPos | MAE:
-    """`model_cfg` = dict(arch='droppos' | 'mae', size='base', **constructor overrides)."""
+def build_pretrain_model(model_cfg: dict[str, Any]) -> DropPos | MAE | MAEPlus:
+    """`model_cfg` = dict(arch='droppos' | 'mae' | 'mae_plus' | 'adpe', size='base', **constructor overrides)."""
     kwargs = dict(model_cfg)
     arch, size = kwargs.pop("arch", None), kwargs.pop("size", "base")
     if arch not in ARCHITECTURES:

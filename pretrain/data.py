@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from mmengine.logging import print_log
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
@@ -35,6 +36,19 @@ def pretrain_transform(img_size: int, crop_scale: tuple[float, float] = (0.2, 1.
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     ])
+
+
+class MultiCrop:
+    """`crops` independent draws of `transform` from one image, stacked (crops, C, H, W): MAE+'s several
+    low-resolution crops per image (the model flattens them into its batch)."""
+
+    def __init__(self, transform: transforms.Compose, crops: int):
+        if crops < 1:
+            raise ValueError(f"crops={crops} must be at least 1")
+        self.transform, self.crops = transform, crops
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.stack([self.transform(image) for _ in range(self.crops)])
 
 
 def eval_transform(img_size: int) -> transforms.Compose:

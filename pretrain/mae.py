@@ -17,8 +17,10 @@ from backbone.vit import Block, init_mae_style
 from .masking import patchify, random_split
 
 
-class MAE(VisionTransformer):
-    """ViT encoder on the visible patches + a decoder with fixed sin-cos positions predicting masked pixels."""
+class PixelDecoderViT(VisionTransformer):
+    """ViT encoder + MAE's pixel decoder (fixed sin-cos positions): what MAE and MAE+ share. They differ in what
+    enters the encoder (MAE: the visible patches; MAE+: every patch, masked ones as a mask token) and so in what
+    enters the decoder."""
 
     def __init__(
         self,
@@ -31,10 +33,9 @@ class MAE(VisionTransformer):
     ):
         super().__init__(**vit_kwargs)
         if self.num_prefix_tokens != 1:
-            raise ValueError("MAE needs the [CLS] token (class_token=True)")
+            raise ValueError(f"{type(self).__name__} needs the [CLS] token (class_token=True)")
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         patch, channels = self.config["patch_size"], self.config["in_chans"]
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_embed = nn.Linear(self.embed_dim, decoder_dim)
         self.decoder_pos_embed = nn.Parameter(sincos_2d_pos_embed(decoder_dim, self.grid_size), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads) for _ in range(decoder_depth))
@@ -42,6 +43,28 @@ class MAE(VisionTransformer):
         self.decoder_pred = nn.Linear(decoder_dim, patch * patch * channels)
         for part in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             init_mae_style(part)
+
+    def draw_visible(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample random indices (B, K) of the patches that stay visible, K = N x (1 - mask_ratio)."""
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        ids_visible, _ = random_split(batch, num_patches, int(num_patches * (1 - self.mask_ratio)), device, generator)
+        return ids_visible
+
+    def predict_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel predictions (B, N, p*p*C) from decoder tokens (B, 1 + N, decoder_dim), [CLS] first, patches in
+        grid order: decoder positions added, blocks, norm, linear head; the [CLS] output dropped."""
+        x = x + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x, self.grid_size)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+
+class MAE(PixelDecoderViT):
+    """ViT encoder on the visible patches + a decoder with fixed sin-cos positions predicting masked pixels."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.decoder_embed.out_features))
         nn.init.normal_(self.mask_token, std=0.02)
 
     def encode_visible(self, images: torch.Tensor, ids_visible: torch.Tensor) -> torch.Tensor:
@@ -57,16 +80,11 @@ class MAE(VisionTransformer):
         num_patches = self.decoder_pos_embed.shape[1] - 1
         full = self.mask_token.to(x.dtype).expand(batch, num_patches, dim)
         full = full.scatter(1, ids_visible.unsqueeze(-1).expand(-1, -1, dim), x[:, 1:])
-        x = torch.cat([x[:, :1], full], dim=1) + self.decoder_pos_embed
-        for block in self.decoder_blocks:
-            x = block(x, self.grid_size)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.predict_pixels(torch.cat([x[:, :1], full], dim=1))
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Mean squared error on the masked patches (normalised pixels when norm_pix_loss)."""
-        num_patches = self.grid_size[0] * self.grid_size[1]
-        ids_visible, _ = random_split(images.shape[0], num_patches, int(num_patches * (1 - self.mask_ratio)),
-                                      images.device, generator)
+        ids_visible = self.draw_visible(images.shape[0], images.device, generator)
         pred = self.decode(self.encode_visible(images, ids_visible), ids_visible)
         return {"loss": reconstruction_loss(pred, images, ids_visible, self.config["patch_size"],
                                             self.norm_pix_loss)}

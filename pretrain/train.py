@@ -1,4 +1,4 @@
-"""`droppos-bench pretrain`: DropPos or MAE pre-training on mmengine's Runner, then the encoder export."""
+"""`droppos-bench pretrain`: DropPos, MAE, MAE+ or AdPE pre-training on mmengine's Runner, then the encoder export."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,14 +12,16 @@ from mmengine.runner import set_random_seed
 from timm.optim import param_groups_weight_decay
 
 from backbone import export_checkpoint
-from engine import build_train_runner, load_config, peak_lr
+from engine import build_train_runner, check_gpu, load_config, peak_lr
 from engine.hooks import DeviceLoggedModel, ModelMetaHook, unwrap_model
 from engine.runner import TrainSpec
 
+from .adpe import AdPE, adpe_param_groups, project_after_every_step
 from .build import build_pretrain_model
-from .data import image_folder, pretrain_transform
+from .data import MultiCrop, image_folder, pretrain_transform
 from .droppos import DropPos
 from .mae import MAE
+from .mae_plus import MAEPlus
 from .smoothing import position_smoothing, sigma_at
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
@@ -27,9 +29,9 @@ MODEL_PREFIX = "net."
 
 
 class PretrainModel(DeviceLoggedModel):
-    """The Runner's view of DropPos / MAE: batches in, losses and metrics (kept on the device) out."""
+    """The Runner's view of DropPos / MAE / MAE+ / AdPE: batches in, losses and metrics (kept on the device) out."""
 
-    def __init__(self, net: DropPos | MAE):
+    def __init__(self, net: DropPos | MAE | MAEPlus):
         super().__init__()
         self.net = net
         self.smoothing: torch.Tensor | None = None  # DropPos soft-target table, set by SigmaHook every iteration
@@ -71,21 +73,38 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
     if cfg.compile:
         net.compile()
     img_size = model_cfg["img_size"]
-    dataset = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale, cfg.data.hflip),
-                           cfg.data.skip_unreadable)
+    transform = pretrain_transform(img_size, cfg.data.crop_scale, cfg.data.hflip)
+    if cfg.data.get("crops"):  # MAE+ / AdPE: several crops of each image, stacked
+        transform = MultiCrop(transform, cfg.data.crops)
+    dataset = image_folder(cfg.data.root, "train", transform, cfg.data.skip_unreadable)
     lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(net, cfg.optim.weight_decay), lr=lr,
-                                  betas=tuple(cfg.optim.betas), fused=torch.cuda.is_available())
+    optimizer = torch.optim.AdamW(optimizer_groups(net, cfg), lr=lr, betas=tuple(cfg.optim.betas),
+                                  fused=torch.cuda.is_available())
+    if isinstance(net, AdPE):
+        project_after_every_step(optimizer, net)
     hooks: list[Hook] = [ModelMetaHook(MODEL_PREFIX, model_cfg)]
     if isinstance(net, DropPos):
         smoothing = cfg.smoothing
         hooks.append(SigmaHook(smoothing.mode, smoothing.sigma0, smoothing.sigma_t, img_size))
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), PretrainModel(net), dataset, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, launcher=launcher)
+    crops = f", {cfg.data.crops} crops each" if cfg.data.get("crops") else ""
     runner.logger.info(f"{model_cfg['arch']} ViT-{model_cfg['size']}: {len(dataset)} images, effective batch "
-                       f"{cfg.effective_batch} ({cfg.batch_size} per process), peak lr {lr:.3g} "
+                       f"{cfg.effective_batch} images ({cfg.batch_size} per process{crops}), peak lr {lr:.3g} "
                        f"= {cfg.optim.base_lr:g} x {cfg.effective_batch} / 256")
+    if isinstance(net, AdPE):
+        adv_lr = peak_lr(cfg.optim.adv_base_lr, cfg.effective_batch)
+        runner.logger.info(f"AdPE {net.adv_mode} mode: delta bounded by {net.adv_eps:g} ({net.adv_norm}), ascent "
+                           f"peak lr {adv_lr:.3g} = {cfg.optim.adv_base_lr:g} x {cfg.effective_batch} / 256")
     return runner
+
+
+def optimizer_groups(net: DropPos | MAE | MAEPlus, cfg: Config) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weights with 2+ dims; AdPE adds its perturbation's ascent group (peak lr
+    optim.adv_base_lr x effective_batch / 256, as the authors scale it)."""
+    if isinstance(net, AdPE):
+        return adpe_param_groups(net, cfg.optim.weight_decay, peak_lr(cfg.optim.adv_base_lr, cfg.effective_batch))
+    return param_groups_weight_decay(net, cfg.optim.weight_decay)
 
 
 def export_encoder(runner, cfg: Config) -> Path:
@@ -98,6 +117,7 @@ def export_encoder(runner, cfg: Config) -> Path:
 def run_pretrain(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Train per `config` (a file or a shipped config name) with `key=value` overrides; returns the encoder path."""
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    check_gpu(cfg)
     runner = build_pretrain_runner(cfg)
     runner.train()
     path = Path(runner.work_dir) / "encoder.safetensors"

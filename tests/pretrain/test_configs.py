@@ -55,3 +55,33 @@ def test_paper_recipe_values():
     assert (BASE.model.decoder_depth, BASE.model.decoder_dim) == (2, 512)
     large = load_config("droppos_vit_large_800ep", configs_dir=CONFIGS_DIR)
     assert (large.model.size, large.schedule.epochs, large.schedule.warmup_epochs) == ("large", 800, 40)
+
+
+ADPE = {"model.arch": "adpe", "model.adv_mode": "embedding", "model.adv_norm": "l2", "model.adv_eps": 1.0,
+        "optim.adv_base_lr": 1.5e-4}
+LONG = {"schedule.epochs": 1600, "schedule.warmup_epochs": 40}
+
+
+@pytest.mark.parametrize("name, base, changed", [
+    ("mae_plus_vit_base_1600ep", "mae_plus_vit_base_400ep", LONG),
+    ("adpe_vit_base_400ep", "mae_plus_vit_base_400ep", ADPE),
+    ("adpe_vit_base_1600ep", "mae_plus_vit_base_1600ep", ADPE),
+    ("adpe_coord_vit_base_400ep", "adpe_vit_base_400ep", {"model.adv_mode": "coordinate"}),
+    ("adpe_coord_vit_base_1600ep", "adpe_coord_vit_base_400ep", LONG),
+])
+def test_mae_plus_and_adpe_recipes_differ_only_where_they_say(name, base, changed):
+    def values(config):
+        return {k: v for k, v in flat(load_config(config, configs_dir=CONFIGS_DIR).to_dict()).items()
+                if k != "config_name"}
+    reference = values(base)
+    assert {k: v for k, v in values(name).items() if reference.get(k, object()) != v} == changed
+
+
+def test_mae_plus_recipe_values():
+    """The authors' public commands: 4 crops of 112 px at scale 0.08-1 per image, 4096 images per optimizer step
+    (128 x 8 GPUs x 4), base lr 1.5e-4, 20 warmup epochs of 400."""
+    cfg = load_config("mae_plus_vit_base_400ep", configs_dir=CONFIGS_DIR)
+    assert (cfg.data.crops, tuple(cfg.data.crop_scale), cfg.model.img_size) == (4, (0.08, 1.0), 112)
+    assert (cfg.effective_batch, cfg.batch_size, cfg.optim.base_lr, cfg.optim.weight_decay) == (4096, 128, 1.5e-4, 0.05)
+    assert (cfg.schedule.epochs, cfg.schedule.warmup_epochs, cfg.model.mask_ratio) == (400, 20, 0.75)
+    assert (cfg.model.decoder_dim, cfg.model.decoder_depth, cfg.model.norm_pix_loss) == (512, 8, True)
