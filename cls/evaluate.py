@@ -11,7 +11,7 @@ from tqdm import tqdm
 from backbone import VisionTransformer
 from backbone.safe_io import write_json_atomic
 from engine import check_gpu, load_config
-from engine.runner import default_eval_dir
+from engine.runner import default_eval_dir, require_one_process
 from pretrain.data import eval_transform, image_folder
 
 from .finetune import CONFIGS_DIR, build_classifier
@@ -33,6 +33,7 @@ def evaluate_classifier(net: VisionTransformer, loader: DataLoader, device: torc
 
 def run_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (a fine-tuned checkpoint, head included) per `config`; returns the metrics.json path."""
+    require_one_process("cls eval")
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
     check_gpu(cfg)
     if not cfg.ckpt:

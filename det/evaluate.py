@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from backbone.safe_io import write_json_atomic
 from engine import check_gpu, load_config
-from engine.runner import default_eval_dir, load_trained_model
+from engine.runner import default_eval_dir, load_trained_model, require_one_process
 
 from .coco_metric import CocoMetric
 from .data import collate
@@ -32,6 +32,7 @@ def evaluate_detector(model: ViTDetMaskRCNN, loader: DataLoader, metric: CocoMet
 
 def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (written by det train) per `config`; returns the metrics.json path."""
+    require_one_process("det eval")
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
     check_gpu(cfg)
     if not cfg.ckpt:

@@ -49,6 +49,16 @@ def distributed_launcher() -> str:
     return "pytorch" if "LOCAL_RANK" in os.environ else "none"
 
 
+def require_one_process(command: str) -> None:
+    """Stop an evaluation command started under torchrun: it runs in one process, and every copy would evaluate the
+    whole split on the same GPU and write the same files (the training commands evaluate on all their processes)."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1:
+        raise ValueError(f"`droppos-bench {command}` evaluates in one process, not under torchrun with {world_size} "
+                         f"processes: start it as `droppos-bench {command} ...` (training runs evaluate on every "
+                         "process)")
+
+
 def peak_lr(base_lr: float, effective_batch: int) -> float:
     """The linear scaling rule every recipe states its lr in: base_lr x effective_batch / 256."""
     return base_lr * effective_batch / 256

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from backbone.safe_io import write_json_atomic
+from engine.runner import require_one_process
 
 from .build import load_droppos
 from .data import eval_transform, image_folder
@@ -31,6 +32,7 @@ def run_posacc(checkpoint: str | os.PathLike, data: str | os.PathLike, split: st
                figure: str | os.PathLike | None = None, figure_images: int = 4, allow_pickle: bool = False,
                device: str | None = None) -> torch.Tensor:
     """Evaluate all 16 (gamma, gamma_pos) cases on `data/split`, print the grid, optionally write json and figure."""
+    require_one_process("posacc")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_droppos(checkpoint, allow_pickle=allow_pickle).to(device)
     dataset = evenly_spaced(image_folder(data, split, eval_transform(model.config["img_size"][0])), images)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from backbone.safe_io import write_json_atomic
 from engine import check_gpu, load_config
-from engine.runner import default_eval_dir, load_trained_model
+from engine.runner import default_eval_dir, load_trained_model, require_one_process
 
 from .data import build_seg_dataset
 from .metric import SegMetric
@@ -34,6 +34,7 @@ def evaluate_segmentor(model: SegEncoderDecoder, loader: DataLoader, metric: Seg
 
 def run_seg_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (written by seg train) per `config`; returns the metrics.json path."""
+    require_one_process("seg eval")
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
     check_gpu(cfg)
     if not cfg.ckpt:

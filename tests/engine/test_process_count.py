@@ -1,5 +1,6 @@
 """The same recipe at any scale: two processes (gloo, torchrun on localhost) sharing an effective batch train
-exactly like one process holding all of it, and only rank 0 writes checkpoints and results.
+exactly like one process holding all of it, only rank 0 writes checkpoints and results, and the one-process
+evaluation commands refuse torchrun.
 
 The recipes are made deterministic (full-image crops, no flip, no RandAugment / erasing / drop path, DropPos
 with every visible patch's position dropped and nothing masked), so the two runs see the same images in
@@ -102,3 +103,17 @@ def test_only_rank_zero_writes_one_checkpoint_per_epoch_and_one_results_row(data
     ranks = sorted(path.stem.rsplit("_", 1)[-1] for path in run_dir.glob("*.log"))
     assert ranks == ["rank0", "rank1"], "one log file per process"
     assert len(list(run_dir.glob("vis_data/scalars.json"))) == 1
+
+
+EVALUATIONS = [("cls eval", ["finetune_tiny_synth", "ckpt=x.pth"]),
+               ("det eval", ["mask_rcnn_tiny_synth", "ckpt=x.pth"]),
+               ("seg eval", ["upernet_tiny_synth", "ckpt=x.pth"]),
+               ("posacc", ["x.pth", "--data", "data"])]
+
+
+@pytest.mark.parametrize(("command", "args"), EVALUATIONS, ids=[command for command, _ in EVALUATIONS])
+def test_an_evaluation_under_torchrun_stops_before_any_work(command, args, monkeypatch, capsys):
+    """Every copy would evaluate the whole split on one GPU and write the same files: one clear line instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([*command.split(), *args]) == 2
+    assert f"`droppos-bench {command}` evaluates in one process, not under torchrun" in capsys.readouterr().err
