@@ -63,3 +63,14 @@ def test_run_sh_mounts_folders_and_runs_as_the_user(tmp_path):
     assert mounts == [f"{tmp_path}:{tmp_path}", f"{data}:{data}"]
     assert argv[argv.index("-w") + 1] == str(tmp_path)
     assert argv[-4:] == ["droppos-bench:test", "bench", "run", "paper-table6"]
+
+
+def test_the_build_context_holds_the_packages_and_nothing_else():
+    """.dockerignore lets through exactly pyproject's packages (and the two files pip reads): no .venv, data or
+    work_dirs go to the daemon, and no package is missing from the image."""
+    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "*", "ignore everything, then let through what the install needs"
+    allowed = {line[1:] for line in lines if line.startswith("!")}
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert allowed == {"pyproject.toml", "README.md"} | {pattern.rstrip("*") for pattern in found}
+    assert all((ROOT / name).exists() for name in allowed)
