@@ -174,7 +174,7 @@ def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulat
     if not 0 <= warmup < total:
         raise ValueError(f"warmup of {warmup} iterations must be shorter than the {total} training iterations")
     schedule = []
-    if warmup:
+    if warmup > 1:  # mmengine's ramp reaches the peak on its last iteration: a one-iteration warmup is that peak
         schedule.append(dict(type="LinearLR", start_factor=spec.warmup_factor, by_epoch=False, begin=0, end=warmup))
     if spec.by_epoch:
         schedule.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min_ratio=spec.min_lr / peak_lr,

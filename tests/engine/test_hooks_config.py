@@ -97,3 +97,17 @@ def test_warmup_then_poly_schedule_in_optimizer_steps():
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
     with pytest.raises(ValueError, match="not both"):
         lr_schedule(TrainSpec(**{**spec.__dict__, "lr_steps": (3,)}), 1, peak, accumulation)
+
+
+def test_a_one_iteration_warmup_starts_the_cosine_at_the_peak():
+    """One step per epoch and warmup_epochs=1 (tiny data sets): mmengine's LinearLR cannot ramp over a single
+    iteration and would leave the whole run at start_factor x peak."""
+    from engine.runner import TrainSpec, lr_schedule
+
+    spec = TrainSpec(work_dir="", epochs=5, batch_size=1, effective_batch=1, warmup_epochs=1, warmup_iters=None,
+                     min_lr=0.0, precision="fp32", clip_grad=None, num_workers=0, log_interval=1,
+                     checkpoint_interval=1, max_keep_checkpoints=1, seed=0, resume=False, warmup_factor=1e-6)
+    peak = 1e-3
+    lrs = _lrs_of(lr_schedule(spec, 1, peak), peak, spec.epochs)
+    expected = [peak] + [peak * (1 + np.cos(np.pi * t / 4)) / 2 for t in range(4)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
