@@ -16,11 +16,11 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 
 from benchmarks.cli import main
+from benchmarks.synthetic.ramps import write_ramp_images
 from pretrain.build import load_droppos
 from pretrain.data import image_folder
 from pretrain.position_eval import POS_MASK_RATIOS, format_grid, position_accuracy_grid
@@ -28,24 +28,6 @@ from pretrain.position_eval import POS_MASK_RATIOS, format_grid, position_accura
 SIZE, GRID, STEP = 64, 4, 0.08  # 64 px, 16 px patches: 4 x 4 = 16 positions, chance 6.25%
 EPOCHS, TRAIN_IMAGES, VAL_IMAGES = 16, 1600, 128  # 50 iterations of 32 per epoch: 800 iterations
 SEED = int(os.environ.get("ANCHORS_SEED", "0"))  # to re-measure the margin on other seeds
-
-
-def write_ramps(root, split, count, seed, noise=0.04):
-    """`count` PNGs in root/split/ramps/: per patch cell red = bx + STEP * column, green = by + STEP * row,
-    with (bx, by) uniform in [0, 1 - 3 STEP] per image; blue one random level per image; Gaussian pixel noise."""
-    rng = np.random.default_rng(seed)
-    cell = SIZE // GRID
-    folder = root / split / "ramps"
-    folder.mkdir(parents=True)
-    steps = STEP * np.arange(GRID)
-    for i in range(count):
-        bx, by = rng.uniform(0, 1 - (GRID - 1) * STEP, 2)
-        cells = np.empty((GRID, GRID, 3))
-        cells[..., 0] = bx + steps[None, :]
-        cells[..., 1] = by + steps[:, None]
-        cells[..., 2] = rng.uniform(0.1, 0.9)
-        pixels = cells.repeat(cell, 0).repeat(cell, 1) + rng.normal(0, noise, (SIZE, SIZE, 3))
-        Image.fromarray((pixels.clip(0, 1) * 255).round().astype(np.uint8)).save(folder / f"{i:05d}.png")
 
 
 @pytest.mark.slow
@@ -56,8 +38,8 @@ def test_trained_droppos_uses_anchor_positions(tmp_path):
     colours but scores 63.7 vs 63.6: this test fails there."""
     start = time.monotonic()
     data = tmp_path / "data"
-    write_ramps(data, "train", TRAIN_IMAGES, seed=SEED)
-    write_ramps(data, "val", VAL_IMAGES, seed=SEED + 1000)
+    for split, count, seed in (("train", TRAIN_IMAGES, SEED), ("val", VAL_IMAGES, SEED + 1000)):
+        write_ramp_images(data / split / "ramps", count, np.random.default_rng(seed), SIZE, GRID, STEP)
     overrides = {
         "data.root": data, "work_dir": tmp_path / "run", "seed": SEED,
         "model.img_size": SIZE, "model.depth": 2, "model.tau": "inf",

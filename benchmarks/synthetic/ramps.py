@@ -1,0 +1,33 @@
+"""Colour-ramp images: a patch's colour gives its position only relative to an unknown per-image origin.
+
+On a grid of patch cells, red grows by `step` per column and green by `step` per row from a random origin drawn
+per image, with one random blue level per image and pixel noise. Without a patch of known position the absolute
+position is ambiguous; one anchor (its true position and its colour) pins the origin. The tests use them to show
+that a tiny DropPos uses its anchors, and (ramps running in four directions as four classes) that its
+pre-training helps a fine-tune with few labels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_ramp_images(folder: Path, count: int, rng: np.random.Generator, size: int = 64, grid: int = 4,
+                      step: float = 0.08, flip_lr: bool = False, flip_ud: bool = False, noise: float = 0.04) -> None:
+    """`count` PNGs of `size` px in `folder`, on a `grid` x `grid` of cells: red = bx + step * column, green =
+    by + step * row (columns counted from the right when `flip_lr`, rows from the bottom when `flip_ud`), the
+    origin (bx, by) uniform in [0, 1 - (grid - 1) step] per image."""
+    folder.mkdir(parents=True)
+    steps = step * np.arange(grid)
+    across, down = (steps[::-1] if flip_lr else steps), (steps[::-1] if flip_ud else steps)
+    cell = size // grid
+    for i in range(count):
+        bx, by = rng.uniform(0, 1 - (grid - 1) * step, 2)
+        cells = np.empty((grid, grid, 3))
+        cells[..., 0] = bx + across[None, :]
+        cells[..., 1] = by + down[:, None]
+        cells[..., 2] = rng.uniform(0.1, 0.9)
+        pixels = cells.repeat(cell, 0).repeat(cell, 1) + rng.normal(0, noise, (size, size, 3))
+        Image.fromarray((pixels.clip(0, 1) * 255).round().astype(np.uint8)).save(folder / f"{i:05d}.png")
