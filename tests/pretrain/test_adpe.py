@@ -1,5 +1,5 @@
 """AdPE: the bounded adversarial delta (embedding and coordinate modes), its ascent in the weights' backward pass and
-schedule, its reduction to MAE+ at zero, and tiny runs whose encoders go on to the classification fine-tune."""
+schedule, its reduction to MAE+ at zero, and tiny runs whose encoders load into every downstream task."""
 import json
 
 import pytest
