@@ -227,3 +227,27 @@ def test_tiny_run_lowers_the_loss_and_its_encoder_loads_into_every_downstream_ta
     segmentor = build_segmentor(load_config("upernet_tiny_synth", encoder_file, configs_dir=SEG_CONFIGS_DIR), 4)
     for backbone in (detector.backbone.net, segmentor.backbone.net):  # at 128 and 64 px: grids of 8x8 and 4x4
         torch.testing.assert_close(backbone.blocks[3].attn.qkv.weight, encoder.blocks[3].attn.qkv.weight)
+
+
+def test_an_interrupted_adpe_run_resumes_exactly(data, tmp_path, stop_after):
+    """delta, its ascent group's Adam state and the projection hook all come back: the resumed run ends with the
+    uninterrupted run's weights and delta, bit for bit."""
+    extra = {"model.adv_mode": "coordinate", "model.adv_eps": 0.01, "optim.adv_base_lr": 0.1}  # delta on its bound
+
+    def runner(work_dir, **more):
+        return build_pretrain_runner(load_config("adpe_tiny_synth", overrides(data, work_dir, **extra, **more),
+                                                 configs_dir=CONFIGS_DIR))
+
+    runner(tmp_path / "full").train()
+    interrupted = runner(tmp_path / "resumed")
+    interrupted.register_hook(stop_after(epoch=2))
+    with pytest.raises(InterruptedError):
+        interrupted.train()
+    runner(tmp_path / "resumed", resume=True).train()
+    full, resumed = (torch.load(tmp_path / run / "epoch_3.pth", weights_only=True) for run in ("full", "resumed"))
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in full["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    delta = full["state_dict"]["net.mask_token_shift"]
+    assert torch.linalg.vector_norm(delta).item() == pytest.approx(0.01, rel=1e-5)
+    assert resumed["optimizer"]["param_groups"][-1]["maximize"]
