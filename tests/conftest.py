@@ -2,6 +2,8 @@
 import pytest
 from mmengine.hooks import Hook
 
+from benchmarks.synthetic import synthesize
+
 
 class StopAfter(Hook):
     """Raises InterruptedError once epoch `epoch` or loop iteration `iteration` (1-based) is done and its
@@ -25,3 +27,13 @@ class StopAfter(Hook):
 def stop_after():
     """`stop_after(epoch=2)` or `stop_after(iteration=4)`: a hook that interrupts the run there."""
     return StopAfter
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """80 synthetic scenes of 64 px in every layout (64 train and 16 val images in the ImageNet one), written once
+    per test process and only read: the tiny pre-training and fine-tuning runs train on it. Tests that need other
+    scenes define their own `data`."""
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, num_images=80, size=64, seed=0)
+    return root

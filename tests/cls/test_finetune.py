@@ -8,7 +8,6 @@ import torch
 
 from backbone import CheckpointError, build_vit, export_checkpoint
 from benchmarks.cli import main
-from benchmarks.synthetic import synthesize
 from cls.finetune import CONFIGS_DIR, build_classifier, build_finetune_runner
 from cls.metric import TopKAccuracy
 from engine import load_config
@@ -29,13 +28,6 @@ def test_topk_accuracy_equals_direct_count():
     few = TopKAccuracy((1, 5))
     few.process(None, [{"logits": torch.randn(3, 2), "labels": torch.tensor([0, 1, 1])}])
     assert few.evaluate(3)["top5"] == 100.0  # fewer classes than k: every label is within the top 2
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synthesize(root, num_images=80, size=64, seed=0)
-    return root
 
 
 def cfg_for(data, work_dir, **extra):

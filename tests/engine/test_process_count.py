@@ -19,7 +19,6 @@ import torch
 
 from benchmarks.cli import main
 from benchmarks.harness.store import ResultsStore
-from benchmarks.synthetic import synthesize
 
 PRETRAIN = ["pretrain", "droppos_tiny_synth", "model.img_size=64", "model.mask_ratio=0.0",
             "model.pos_mask_ratio=1.0", "data.crop_scale=(1.0,1.0)", "data.hflip=0.0", "schedule.epochs=2",
@@ -27,13 +26,6 @@ PRETRAIN = ["pretrain", "droppos_tiny_synth", "model.img_size=64", "model.mask_r
 FINETUNE = ["cls", "finetune", "finetune_tiny_synth", "model.img_size=64", "aug.crop_scale=(1.0,1.0)",
             "aug.hflip=0.0", "aug.auto_augment=None", "aug.reprob=0.0", "model.drop_path_rate=0.0",
             "schedule.epochs=2", "schedule.warmup_epochs=1"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    synthesize(root, num_images=80, size=64, seed=0)  # 64 train images: 4 optimizer steps of 16 per epoch
-    return root
 
 
 def train(args, work_dir, processes):

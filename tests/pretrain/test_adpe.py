@@ -9,7 +9,6 @@ from mmengine.hooks import Hook
 from backbone import build_vit, load_model, resample_pos_embed
 from backbone.pos_embed import sincos_2d, sincos_2d_pos_embed
 from benchmarks.cli import main
-from benchmarks.synthetic import synthesize
 from cls.finetune import CONFIGS_DIR as CLS_CONFIGS_DIR
 from cls.finetune import build_classifier
 from det.train import CONFIGS_DIR as DET_CONFIGS_DIR
@@ -160,13 +159,6 @@ def test_bad_options_are_refused():
         tiny(adv_norm="l1")
     with pytest.raises(ValueError, match="pos_embed_trainable=False"):
         tiny(adv_mode="coordinate", pos_embed_trainable=True)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synthesize(root, num_images=80, size=64, seed=0)  # 64 train images: 2 optimizer steps of 32 per epoch
-    return root
 
 
 def overrides(data, work_dir, **extra):

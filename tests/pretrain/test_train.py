@@ -17,13 +17,6 @@ from pretrain.train import CONFIGS_DIR, build_pretrain_runner
 RUN = {"schedule.epochs": 3, "log_interval": 1, "batch_size": 16, "effective_batch": 32}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synthesize(root, num_images=80, size=64, seed=0)  # 64 train images: 2 optimizer steps of 32 per epoch
-    return root
-
-
 def overrides(data, work_dir, **extra):
     return {"data.root": str(data), "work_dir": str(work_dir), "model.img_size": 64, **RUN, **extra}
 
