@@ -8,13 +8,14 @@ import copy
 import itertools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from mmengine.config import Config
+from mmengine.dataset import DefaultSampler
 from mmengine.dist import master_only
 from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.hooks import Hook
@@ -129,6 +130,7 @@ class TrainSpec:
     warmup_factor: float = 1e-6  # lr at the first warmup step, relative to the peak
     val_interval: int = 1
     poly_power: float | None = None
+    clip_mode: str = "global"  # or "per_param" (the DropPos release)
 
     @property
     def by_epoch(self) -> bool:
@@ -148,17 +150,38 @@ class TrainSpec:
             iterations=schedule.get("iterations"), lr_steps=tuple(schedule.get("steps", ())),
             lr_step_factor=schedule.get("gamma", 0.1), warmup_factor=schedule.get("warmup_factor", 1e-6),
             val_interval=schedule.get("val_interval") or schedule.get("iterations") or 1,
-            poly_power=schedule.get("poly_power"),
+            poly_power=schedule.get("poly_power"), clip_mode=cfg.optim.get("clip_mode", "global"),
         )
 
 
-def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
-    """Steps per epoch of one process with drop_last (mmengine's DefaultSampler pads ranks to equal size)."""
-    steps = math.ceil(num_samples / world_size) // batch_size
+def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int, accumulation: int = 1) -> int:
+    """Loop iterations per epoch of one process: whole batches (mmengine's DefaultSampler pads ranks to equal
+    size), rounded down to whole optimizer steps of `accumulation` batches."""
+    steps = math.ceil(num_samples / world_size) // batch_size // accumulation * accumulation
     if steps == 0:
-        raise ValueError(f"the training set has {num_samples} images, fewer than one batch of {batch_size} per "
-                         f"process ({world_size} processes); lower batch_size")
+        raise ValueError(f"the training set has {num_samples} images, fewer than one optimizer step of "
+                         f"{batch_size} x {accumulation} accumulated batches per process ({world_size} processes); "
+                         "lower effective_batch")
     return steps
+
+
+class WholeStepsSampler(DefaultSampler):
+    """mmengine's DefaultSampler cut to `per_epoch` samples of this process: an epoch ends on an optimizer step.
+
+    Otherwise a last, partial accumulation would carry its gradient into the next epoch, and an epoch checkpoint,
+    which cannot hold it, would resume to other weights. Like drop_last for a partial batch, the images of a
+    partial effective batch are left out of that epoch (other ones each epoch: the order is reshuffled).
+    """
+
+    def __init__(self, dataset: Sized, per_epoch: int, **kwargs: Any):
+        super().__init__(dataset, **kwargs)
+        self.per_epoch = per_epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.per_epoch)
+
+    def __len__(self) -> int:
+        return self.per_epoch
 
 
 def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulation: int = 1) -> list[dict]:
@@ -212,7 +235,8 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         experiment_name = f"{experiment_name}_run{run}"
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     accumulation = batch_plan(spec.effective_batch, spec.batch_size, world_size)
-    steps_per_epoch = iterations_per_epoch(len(dataset), spec.batch_size, world_size)
+    steps_per_epoch = iterations_per_epoch(len(dataset), spec.batch_size, world_size,
+                                           accumulation if spec.by_epoch else 1)
     cuda = torch.cuda.is_available()
     cfg = copy.deepcopy(cfg) if cfg is not None else Config()
     if launcher == "pytorch" and not cuda:
@@ -222,7 +246,7 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     collate = dict(type=collate_fn)
     if spec.by_epoch:
-        sampler, interval = dict(type="DefaultSampler", shuffle=True), 1
+        sampler, interval = dict(type=WholeStepsSampler, per_epoch=steps_per_epoch * spec.batch_size, shuffle=True), 1
         train_cfg = dict(by_epoch=True, max_epochs=spec.epochs, val_interval=spec.val_interval)
     else:
         sampler, interval = dict(type=StreamSampler), accumulation
@@ -234,7 +258,7 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         worker_init_fn=dict(type=torch_seeds_workers),
     )
     optim_wrapper = DeviceOptimWrapper(optimizer, precision=spec.precision, max_norm=spec.clip_grad,
-                                       accumulative_counts=accumulation)
+                                       accumulative_counts=accumulation, clip_mode=spec.clip_mode)
     default_hooks = dict(
         logger=dict(type="LoggerHook", interval=spec.log_interval, ignore_last=False),
         checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval * interval, by_epoch=spec.by_epoch,

@@ -35,9 +35,10 @@ class DropPos(VisionTransformer):
         super().__init__(**vit_kwargs)
         if self.num_prefix_tokens != 1:
             raise ValueError("DropPos needs the [CLS] token (class_token=True): it always keeps its position")
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        _check_ratios(mask_ratio, pos_mask_ratio, tau, num_patches)
         self.mask_ratio, self.pos_mask_ratio = mask_ratio, pos_mask_ratio
         self.tau = None if tau is None or math.isinf(tau) else tau
-        num_patches = self.grid_size[0] * self.grid_size[1]
         self.mask_pos_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
         self.decoder_embed = nn.Linear(self.embed_dim, decoder_dim)
         self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads) for _ in range(decoder_depth))
@@ -77,15 +78,14 @@ class DropPos(VisionTransformer):
         """Paper Eq. 9 at the visible patches, renormalised per image: softmax over all patches of
         cos([CLS], patch) / tau, from a forward of the current encoder with every position.
 
-        The forward runs in inference mode (no autograd records at all; bf16 under the training autocast); the
-        small (B, K) result is cloned out of it so the loss can use it.
+        The forward records no autograd graph (bf16 under the training autocast). It is `no_grad` rather than
+        `inference_mode`: torch.compile cannot trace a graph that mixes inference tensors into training.
         """
-        with torch.inference_mode():
+        with torch.no_grad():
             tokens = self.forward_tokens(images).float()
             affinity = F.cosine_similarity(tokens[:, :1], tokens[:, 1:], dim=-1).div(self.tau).softmax(dim=-1)
             weights = affinity.gather(1, ids_visible)
-            weights = weights / weights.sum(dim=1, keepdim=True)
-        return weights.clone()
+            return weights / weights.sum(dim=1, keepdim=True)
 
     def forward(self, images: torch.Tensor, smoothing: torch.Tensor,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -97,6 +97,17 @@ class DropPos(VisionTransformer):
         if self.tau is not None:
             weights = weights * self.attentive_weights(images, ids_visible)
         return position_loss(logits, ids_visible, weights, smoothing)
+
+
+def _check_ratios(mask_ratio: float, pos_mask_ratio: float, tau: float | None, num_patches: int) -> None:
+    """Refuse settings that would train on NaN or silently mean something else."""
+    if not 0 <= mask_ratio < 1 or int(num_patches * (1 - mask_ratio)) < 1:
+        raise ValueError(f"model.mask_ratio={mask_ratio}: expected 0 <= gamma < 1 leaving at least one of the "
+                         f"{num_patches} patches visible")
+    if not 0 <= pos_mask_ratio <= 1:
+        raise ValueError(f"model.pos_mask_ratio={pos_mask_ratio}: expected 0 <= gamma_pos <= 1")
+    if tau is not None and not tau > 0:
+        raise ValueError(f"model.tau={tau}: expected a temperature > 0 (inf or None: attentive reconstruction off)")
 
 
 def position_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,

@@ -43,6 +43,10 @@ def official_smoothing(img_size: int, sigma: float, num_positions: int) -> torch
     divided by the row sums broadcast over columns, exactly as the release computes it (column-normalised).
     """
     side = img_size // OFFICIAL_TOKEN_SIZE
+    if side * side < num_positions:
+        raise ValueError(f"smoothing.mode=official builds the release's table of (img_size // 14)^2 = "
+                         f"{side * side} positions, fewer than the model's {num_positions} (it assumes patch "
+                         "size 16); use smoothing.mode=paper")
     if sigma == 0:
         return torch.eye(side * side)[:, :num_positions]
     coords = _grid_coords((side, side))

@@ -5,7 +5,6 @@ from mmengine.logging import HistoryBuffer
 
 from engine import batch_plan, load_config
 from engine.hooks import PlainCheckpointHook, RunningMeans, mixed_seed
-from engine.runner import iterations_per_epoch
 
 
 def test_plain_checkpoint_round_trip_loads_with_weights_only(tmp_path):
@@ -45,12 +44,6 @@ def test_batch_plan_and_its_error():
     assert batch_plan(4096, 256, 8) == 2 and batch_plan(64, 64, 1) == 1
     with pytest.raises(ValueError, match=r"effective_batch=4096 is not a multiple of batch_size=96 x 8"):
         batch_plan(4096, 96, 8)
-
-
-def test_iterations_per_epoch_counts_drop_last_per_rank():
-    assert iterations_per_epoch(1000, 64, 1) == 15 and iterations_per_epoch(1000, 64, 4) == 3
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        iterations_per_epoch(10, 64, 1)
 
 
 def test_override_of_an_unknown_key_names_it_and_suggests(tmp_path):

@@ -42,6 +42,22 @@ def test_clipping_uses_the_global_norm_and_keeps_it_on_the_device():
     assert wrapper.pop_grad_norm() is None  # reset after reading
 
 
+def test_per_parameter_clipping_follows_the_droppos_release():
+    model = linear_model()
+    model(torch.randn(16, 4)).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    norms = sorted(float(torch.linalg.vector_norm(g)) for g in grads)
+    max_norm = (norms[1] + norms[2]) / 2  # two gradients are clipped, two are not
+    wrapper = DeviceOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.0), max_norm=max_norm, clip_mode="per_param")
+    wrapper.step()
+    for before, param in zip(grads, model.parameters(), strict=True):
+        coef = max_norm / (float(torch.linalg.vector_norm(before)) + 1e-6)  # the release scales when this is < 1
+        torch.testing.assert_close(param.grad, before * coef if coef < 1 else before)
+    torch.testing.assert_close(wrapper.pop_grad_norm(), torch.linalg.vector_norm(torch.tensor(norms)))
+    with pytest.raises(ValueError, match="optim.clip_mode='layer'"):
+        DeviceOptimWrapper(torch.optim.SGD(model.parameters(), lr=0.0), clip_mode="layer")
+
+
 def test_bf16_context_autocasts_and_fp32_does_not():
     model = nn.Linear(4, 4)
     for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):

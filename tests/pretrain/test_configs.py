@@ -53,6 +53,7 @@ def test_paper_recipe_values():
     assert (BASE.schedule.epochs, BASE.schedule.warmup_epochs) == (200, 10)
     assert (BASE.model.mask_ratio, BASE.model.pos_mask_ratio, BASE.model.tau) == (0.75, 0.75, 0.1)
     assert (BASE.model.decoder_depth, BASE.model.decoder_dim) == (2, 512)
+    assert (BASE.optim.clip_grad, BASE.optim.clip_mode) == (5.0, "per_param")  # the release's default clipping
     large = load_config("droppos_vit_large_800ep", configs_dir=CONFIGS_DIR)
     assert (large.model.size, large.schedule.epochs, large.schedule.warmup_epochs) == ("large", 800, 40)
 

@@ -42,12 +42,13 @@ def test_anchors_keep_their_sincos_embedding_dropped_get_mask_token():
             torch.testing.assert_close(tokens[b, 1 + k], expected)
 
 
-def test_loss_equals_direct_formula_with_attentive_weights():
+@pytest.mark.parametrize("mode, img_size", [("paper", 48), ("official", 56)])  # official: a 16-row table, 9 used
+def test_loss_equals_direct_formula_with_attentive_weights(mode, img_size):
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 9)
     targets = torch.tensor([[0, 4, 8, 2, 6], [1, 3, 5, 7, 0]])
     weights = torch.rand(2, 5) * torch.tensor([[1, 0, 1, 1, 0], [0, 1, 1, 0, 1.0]])
-    smoothing = position_smoothing("paper", (3, 3), 48, 1.0)
+    smoothing = position_smoothing(mode, (3, 3), img_size, 1.0)
     out = position_loss(logits, targets, weights, smoothing)
     total, num, correct = 0.0, 0.0, 0.0
     for b in range(2):
@@ -98,3 +99,13 @@ def test_state_dict_uses_release_key_names():
             "decoder_pred.weight"} <= keys
     with pytest.raises(ValueError, match="class_token"):
         build_vit("tiny", model_class=DropPos, class_token=False, global_pool="avg")
+
+
+@pytest.mark.parametrize("bad, key", [(dict(mask_ratio=1.0), "mask_ratio"), (dict(mask_ratio=-0.1), "mask_ratio"),
+                                      (dict(mask_ratio=0.999), "mask_ratio"),  # 196 x 0.001 < 1 visible patch
+                                      (dict(pos_mask_ratio=1.5), "pos_mask_ratio"), (dict(tau=0.0), "tau"),
+                                      (dict(tau=-0.1), "tau")])
+def test_ratios_that_would_train_on_nan_are_refused(bad, key):
+    with pytest.raises(ValueError, match=rf"model\.{key}="):
+        tiny_droppos(depth=0, **bad)
+    tiny_droppos(depth=0, mask_ratio=0.0, pos_mask_ratio=1.0, tau=math.inf)  # the extremes that make sense

@@ -53,6 +53,8 @@ def test_sigma_zero_is_one_hot():
     assert torch.equal(position_smoothing("official", (14, 14), 224, 0), torch.eye(256)[:, :196])
     with pytest.raises(ValueError, match="smoothing"):
         position_smoothing("neither", (14, 14), 224, 1.0)
+    with pytest.raises(ValueError, match="official.*16 positions, fewer than the model's 64"):
+        position_smoothing("official", (8, 8), 64, 1.0)  # patch 8: the release's table has too few rows
 
 
 def test_sigma_schedules():

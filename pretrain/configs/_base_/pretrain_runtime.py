@@ -16,7 +16,8 @@ optim = dict(
     base_lr=1.5e-4,  # peak lr = base_lr x effective_batch / 256
     weight_decay=0.05,  # on weights with 2+ dims (biases and norms excluded), as MAE and DropPos
     betas=(0.9, 0.95),
-    clip_grad=None,  # max global gradient norm, or None (the paper does not clip)
+    clip_grad=None,  # max gradient norm, or None (the paper says nothing of clipping)
+    clip_mode="global",  # one norm over all gradients; "per_param": each parameter's own (the DropPos release)
 )
 schedule = dict(
     epochs=200,
