@@ -26,13 +26,13 @@ def layer_id(name: str, num_layers: int, backbone_prefix: str = "") -> int:
     return num_layers + 1
 
 
-def skips_weight_decay(name: str, param: nn.Parameter, extra: Iterable[str] = ()) -> bool:
+def skips_weight_decay(name: str, param: nn.Parameter, extra: Iterable[str] = (), decay_bias: bool = False) -> bool:
     """No decay for 1-D tensors (norms, biases, layer scales), pos embed, relative position bias tables (as
-    BEiT), [CLS] and other learned tokens."""
+    BEiT), [CLS] and other learned tokens, and the names in `extra`. `decay_bias` decays biases and the other 1-D
+    tensors like weights (detectron2's rule, which ViTDet trains with): `extra` then names the norms to spare."""
     leaf = name.split(".")[-1]
     return (
-        param.ndim <= 1
-        or leaf == "bias"
+        (not decay_bias and (param.ndim <= 1 or leaf == "bias"))
         or leaf in ("pos_embed", "cls_token", "relative_position_bias_table")
         or leaf.endswith("token")
         or any(name == e or name.endswith("." + e) for e in extra)
@@ -47,6 +47,7 @@ def param_groups_layer_decay(
     num_layers: int,
     backbone_prefix: str = "",
     no_weight_decay: Iterable[str] = (),
+    decay_bias: bool = False,
 ) -> list[dict[str, Any]]:
     """Optimizer groups with lr = base lr * layer_decay ** (num_layers + 1 - layer_id).
 
@@ -59,7 +60,7 @@ def param_groups_layer_decay(
         if not param.requires_grad:
             continue
         lid = layer_id(name, num_layers, backbone_prefix)
-        decay = not skips_weight_decay(name, param, no_weight_decay)
+        decay = not skips_weight_decay(name, param, no_weight_decay, decay_bias)
         if (lid, decay) not in groups:
             scale = layer_decay ** (num_layers + 1 - lid)
             groups[(lid, decay)] = dict(
@@ -72,8 +73,10 @@ def param_groups_layer_decay(
 
 
 def adamw_layer_decay(model: nn.Module, lr: float, weight_decay: float, layer_decay: float, num_layers: int,
-                      betas: Sequence[float], backbone_prefix: str = "") -> torch.optim.AdamW:
+                      betas: Sequence[float], backbone_prefix: str = "", no_weight_decay: Iterable[str] = (),
+                      decay_bias: bool = False) -> torch.optim.AdamW:
     """AdamW over `param_groups_layer_decay`, fused on GPUs; the full-lr group comes first because mmengine logs
     the lr of the first group."""
-    groups = param_groups_layer_decay(model, lr, weight_decay, layer_decay, num_layers, backbone_prefix)
+    groups = param_groups_layer_decay(model, lr, weight_decay, layer_decay, num_layers, backbone_prefix,
+                                      no_weight_decay, decay_bias)
     return torch.optim.AdamW(groups[::-1], lr=lr, betas=tuple(betas), fused=torch.cuda.is_available())

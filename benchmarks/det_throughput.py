@@ -25,14 +25,13 @@ from pathlib import Path
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from backbone import adamw_layer_decay
 from benchmarks.coco_eval_speed import compare_coco_eval
 from benchmarks.synthetic import synthesize
 from benchmarks.timing import best_rates, hardware, step_parser
 from det.data import CocoDetection, coco_paths, collate, eval_transform, lsj_transform
 from det.model import ViTDetMaskRCNN, build_mask_rcnn
 from det.paste import paste_masks
-from det.train import BACKBONE_PREFIX
+from det.train import vitdet_adamw
 
 VITDET_IMAGES_PER_SECOND = 64 / 0.314 / 64  # ViTDet ViT-B Mask R-CNN, per A100
 
@@ -96,8 +95,7 @@ def main() -> None:
                             **extra).to(device)
     if args.compile:
         model.backbone.compile()
-    optimizer = adamw_layer_decay(model, 1e-4, 0.1, 0.7, model.backbone.net.num_layers, (0.9, 0.999),
-                                  backbone_prefix=BACKBONE_PREFIX)
+    optimizer = vitdet_adamw(model, 1e-4, 0.1, 0.7, (0.9, 0.999))
     mode = ("bf16" if amp else "fp32") + (" compiled" if args.compile else "")
     print(f"ViTDet Mask R-CNN, ViT-{args.size} depth {model.backbone.net.num_layers}, {args.img_size} px, {mode}; "
           f"{hardware(device)}")

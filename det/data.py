@@ -52,7 +52,8 @@ def coco_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
 
 def lsj_transform(size: int, scale_range: tuple[float, float] = (0.1, 2.0)) -> Transform:
     """ViTDet's Large Scale Jitter: flip, fit into size x size times a random factor, crop a random window of
-    at most size x size, pad bottom/right; boxes that leave the window are dropped with their labels and masks."""
+    at most size x size, pad bottom/right; boxes become the tight boxes of the cropped masks, and instances whose
+    mask left the window are dropped with their labels."""
     return partial(_lsj, size=size, scale_range=tuple(scale_range))
 
 
@@ -71,7 +72,7 @@ def _lsj(image: tv_tensors.Image, target: Target, size: int,
     image, target = v2.RandomCrop((min(height, size), min(width, size)))(image, target)
     image_size = tuple(image.shape[-2:])
     image, target = _pad(image, target, size)
-    return image, _drop_empty(target), {"image_size": image_size, "scale": scale}
+    return image, _fit_boxes_to_masks(target), {"image_size": image_size, "scale": scale}
 
 
 def _fit_and_pad(image: tv_tensors.Image, target: Target, size: int) -> tuple[tv_tensors.Image, Target, dict]:
@@ -95,11 +96,17 @@ def _pad(image: tv_tensors.Image, target: Target, size: int) -> tuple[tv_tensors
     return pad(image, target)
 
 
-def _drop_empty(target: Target) -> Target:
-    """Leave out boxes narrower or lower than one pixel (cropped away), with their labels and masks."""
-    boxes = target["boxes"]
-    keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-    return {key: value[keep] for key, value in target.items()}
+def _fit_boxes_to_masks(target: Target) -> Target:
+    """Boxes = the tight pixel boxes of the masks, instances without a mask pixel left out (detectron2's
+    recompute_boxes and filter_empty_instances, as ViTDet's LSJ runs them after its crop): a clipped annotation
+    box can overhang what the crop left of the object, or hold none of it."""
+    masks = target["masks"].bool()
+    columns, rows = masks.any(dim=1), masks.any(dim=2)  # (N, W), (N, H): where each mask has a pixel
+    first = [hits.to(torch.uint8).argmax(dim=1) for hits in (columns, rows)]
+    end = [hits.shape[1] - hits.flip(1).to(torch.uint8).argmax(dim=1) for hits in (columns, rows)]
+    boxes = torch.stack([first[0], first[1], end[0], end[1]], dim=1).to(target["boxes"].dtype)
+    keep = columns.any(dim=1)
+    return {key: value[keep] for key, value in dict(target, boxes=boxes).items()}
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -107,8 +114,10 @@ class CocoDetection(torch.utils.data.Dataset):
 
     `train` leaves out images without a non-crowd annotation (they teach Mask R-CNN nothing); evaluation keeps
     every image. Bad input is an error naming the file and item, or with `skip_invalid` is left out and counted
-    in `skipped`, shared by every loader worker. An item is an index or (index, seed): the seed alone then
-    decides the augmentation, which makes a resumed run exact.
+    in `skipped`, shared by every loader worker: in training an unreadable image is replaced by the next readable
+    one, in evaluation it is dropped (the item is {"dropped_id": image id}; scoring another image in its place
+    would count that one twice and the dropped one's objects as misses). An item is an index or (index, seed):
+    the seed alone then decides the augmentation, which makes a resumed run exact.
     """
 
     def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, transform: Transform, *,
@@ -139,18 +148,25 @@ class CocoDetection(torch.utils.data.Dataset):
         for offset in range(len(self)):
             position = (int(index) + offset) % len(self)
             record = self._packed[position]
-            path = self.image_dir / record["file_name"]
-            try:
-                image = _read_rgb(path)
-            except UnreadableImageError as error:
-                if not self.skip_invalid:
-                    raise
-                self.skipped.add(1)
-                print_log(f"{path}: unreadable image skipped ({error.__cause__})", logger="current",
-                          level=logging.WARNING)
-                continue
-            return self._sample(self.image_ids[position], record, image, seed)
+            image = self._read(record["file_name"])
+            if image is not None:
+                return self._sample(self.image_ids[position], record, image, seed)
+            if not self.train:
+                return {"dropped_id": self.image_ids[position]}
         raise UnreadableImageError(f"{self.image_dir}: not one readable image of {self.annotation_file}")
+
+    def _read(self, file_name: str) -> tv_tensors.Image | None:
+        """The image, or None for an unreadable one that `skip_invalid` lets us skip (counted and logged)."""
+        path = self.image_dir / file_name
+        try:
+            return _read_rgb(path)
+        except UnreadableImageError as error:
+            if not self.skip_invalid:
+                raise
+            self.skipped.add(1)
+            print_log(f"{path}: unreadable image {'replaced' if self.train else 'left out of the evaluation'} "
+                      f"({error.__cause__})", logger="current", level=logging.WARNING)
+            return None
 
     def _sample(self, image_id: int, record: dict, image: tv_tensors.Image, seed: int | None) -> dict[str, Any]:
         height, width = image.shape[-2:]
@@ -231,9 +247,13 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 def collate(batch: list[dict]) -> dict[str, Any]:
-    """Stack the (equally padded) images; targets and metas stay per-image lists."""
-    return {"images": torch.stack([sample["image"] for sample in batch]),
-            "targets": [sample["target"] for sample in batch], "metas": [sample["meta"] for sample in batch]}
+    """Stack the (equally padded) images; targets and metas stay per-image lists. The ids of images an evaluation
+    dropped go in `dropped_ids`, so the metric knows they were not scored."""
+    samples = [sample for sample in batch if "dropped_id" not in sample]
+    images = [sample["image"] for sample in samples]
+    return {"images": torch.stack(images) if images else torch.zeros(0, 3, 0, 0, dtype=torch.uint8),
+            "targets": [sample["target"] for sample in samples], "metas": [sample["meta"] for sample in samples],
+            "dropped_ids": [sample["dropped_id"] for sample in batch if "dropped_id" in sample]}
 
 
 class _Packed:

@@ -49,6 +49,6 @@ def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
     metrics = evaluate_detector(model, loader, metric)
     out = out_dir / "metrics.json"
     write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), split="val", images=len(val),
-                                **metrics))
+                                skipped=val.skipped.value, **metrics))
     print("  ".join(f"{name} {metrics[name] * 100:.1f}" for name in PAPER_METRICS) + f"  ({len(val)} images) -> {out}")
     return out

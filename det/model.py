@@ -1,9 +1,9 @@
 """ViTDet's Mask R-CNN composed from torchvision's detection parts, as a model for mmengine's Runner.
 
-torchvision provides the anchor generator, RPN, proposal matching and sampling, box coding, NMS and the mask
-loss; ViTDet's choices are set on top: the simple feature pyramid over a plain ViT (det.pyramid), a 2-conv RPN
-head, a 4conv+1fc box head and a 4-conv mask head with LayerNorm, aligned RoIAlign (det.pooler) and L1 box
-losses (torchvision's are smooth L1 with beta 1/9).
+torchvision provides the anchor generator, RPN, proposal matching and sampling, box coding and NMS; ViTDet's
+choices are set on top: the simple feature pyramid over a plain ViT (det.pyramid), a 2-conv RPN head, a
+4conv+1fc box head and a 4-conv mask head with LayerNorm, aligned RoIAlign (det.pooler), L1 box losses
+(torchvision's are smooth L1 with beta 1/9) and mask targets cropped with aligned RoIAlign (torchvision's are not).
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
+from torchvision.ops import roi_align
 
 from engine.hooks import DeviceLoggedModel
 
@@ -73,9 +74,32 @@ def box_losses(class_logits: torch.Tensor, box_regression: torch.Tensor, labels:
     }
 
 
+def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, size, size) binary targets of one image: each box's matched ground-truth mask cropped to the box by
+    RoIAlign with aligned=True and thresholded at 0.5, as detectron2 crops bit masks. torchvision's maskrcnn_loss
+    samples with aligned=False, half a pixel off the predictions' aligned pooling, and keeps the soft values."""
+    rois = torch.cat([matched[:, None].to(boxes.dtype), boxes], dim=1)
+    resized = roi_align(gt_masks[:, None].to(boxes.dtype), rois, (size, size), spatial_scale=1.0, sampling_ratio=0,
+                        aligned=True)
+    return (resized[:, 0] >= 0.5).to(boxes.dtype)
+
+
+def mask_loss(mask_logits: torch.Tensor, boxes: list[torch.Tensor], gt_masks: list[torch.Tensor],
+              gt_labels: list[torch.Tensor], matched: list[torch.Tensor]) -> torch.Tensor:
+    """Binary cross-entropy of each foreground proposal's logits for its ground-truth class against its target,
+    averaged over every pixel of every proposal (detectron2's mask_rcnn_loss); zero, in the graph, without any."""
+    targets = torch.cat([mask_targets(masks, b, m, mask_logits.shape[-1])
+                         for masks, b, m in zip(gt_masks, boxes, matched, strict=True)])
+    if not len(targets):
+        return mask_logits.sum() * 0
+    labels = torch.cat([image_labels[m] for image_labels, m in zip(gt_labels, matched, strict=True)])
+    logits = mask_logits[torch.arange(len(labels), device=labels.device), labels]
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
 class ViTDetRoIHeads(RoIHeads):
-    """torchvision's RoIHeads (proposal sampling, box decoding, NMS, mask loss and inference) with the L1 box
-    loss; box and mask branches only."""
+    """torchvision's RoIHeads (proposal sampling, box decoding, NMS and mask inference) with the L1 box loss and
+    the aligned mask targets; box and mask branches only."""
 
     def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]] | None = None,
@@ -93,7 +117,7 @@ class ViTDetRoIHeads(RoIHeads):
         losses = box_losses(class_logits, box_regression, labels, regression_targets)
         positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
         mask_proposals = [p[keep] for p, keep in zip(proposals, positive, strict=True)]
-        losses["loss_mask"] = maskrcnn_loss(
+        losses["loss_mask"] = mask_loss(
             self._mask_logits(features, mask_proposals, image_shapes).float(), mask_proposals,
             [t["masks"] for t in targets], [t["labels"] for t in targets],
             [m[keep] for m, keep in zip(matched, positive, strict=True)])
@@ -109,7 +133,8 @@ class ViTDetMaskRCNN(DeviceLoggedModel):
     contiguous labels 0..C-1, and per-image metas (valid size, original size, scale, image id).
 
     'loss' returns the five losses and their sum; 'predict' returns, per image, boxes (xyxy), scores, labels and
-    binary masks in the original image's pixels, ready for det.coco_metric.CocoMetric.
+    binary masks in the original image's pixels, ready for det.coco_metric.CocoMetric. `dropped_ids` (images an
+    evaluation loader could not read) is for the metric, which reads it from the batch.
     """
 
     def __init__(self, backbone: ViTDetBackbone, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
@@ -121,12 +146,14 @@ class ViTDetMaskRCNN(DeviceLoggedModel):
         self.register_buffer("std", torch.tensor(STD_RGB).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]], metas: list[dict[str, Any]],
-                mode: str = "loss") -> Any:
+                mode: str = "loss", dropped_ids: Sequence[int] = ()) -> Any:
         if mode == "loss":
             targets = [dict(t, labels=t["labels"] + 1) for t in targets]  # torchvision: 0 is background
             losses = self._run(images, metas, targets)[1]
             return {"loss": sum(losses.values()), **losses}
         if mode == "predict":  # training autocasts through the optimizer wrapper; evaluation here
+            if not metas:  # every image of the batch was dropped
+                return []
             with torch.autocast(images.device.type, torch.bfloat16, enabled=self.bf16):
                 detections = self._run(images, metas)[0]
             return [to_original_image(d, m) for d, m in zip(detections, metas, strict=True)]

@@ -6,10 +6,10 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d, trunc_normal_
 from torch import nn
 
-from backbone import VIT_SIZES, VisionTransformer, build_vit
+from backbone import VIT_SIZES, VisionTransformer, build_vit, sincos_2d_pos_embed
 
 LEVEL_NAMES = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
@@ -65,6 +65,28 @@ class SimpleFeaturePyramid(nn.Module):
         return levels
 
 
+class ViTDetViT(VisionTransformer):
+    """Our ViT with ViTDet's absolute position embedding: the trained table stays on the pre-training grid
+    (`pretrain_img_size`: 14 x 14 for 224 px with patch 16) and every forward resizes it to the patch grid
+    (bicubic, align_corners=False, as ViTDet's get_abs_pos), rather than training a table resampled to 64 x 64 at
+    1024 px. `grid_size` is therefore the table's grid, which is also what checkpoints are resampled to on load;
+    window and relative-position sizes follow `img_size`."""
+
+    def __init__(self, pretrain_img_size: int = 224, **kwargs):
+        super().__init__(**kwargs)
+        patch = self.config["patch_size"]
+        if pretrain_img_size % patch:
+            raise ValueError(f"pretrain_img_size {pretrain_img_size} is not a multiple of patch_size {patch}")
+        self.config["pretrain_img_size"] = pretrain_img_size
+        self.grid_size = (pretrain_img_size // patch, pretrain_img_size // patch)
+        table = torch.zeros(1, self.grid_size[0] * self.grid_size[1], self.embed_dim)
+        if self.config["pos_embed"] == "sincos":
+            table = sincos_2d_pos_embed(self.embed_dim, self.grid_size, 0)
+        else:
+            trunc_normal_(table, std=0.02)
+        self.pos_embed = nn.Parameter(table, requires_grad=self.config["pos_embed_trainable"])
+
+
 class ViTDetBackbone(nn.Module):
     """Our ViT's last block output as a stride-16 map, through the simple feature pyramid; `out_channels` is
     what torchvision's detectors read."""
@@ -82,11 +104,11 @@ class ViTDetBackbone(nn.Module):
 def build_vitdet_backbone(size: str, img_size: int = 1024, window_size: int = 14, drop_path_rate: float = 0.1,
                           out_channels: int = 256, **vit_kwargs) -> ViTDetBackbone:
     """ViTDet's ViT (no [CLS] token and no final norm, windows except in global_blocks(depth), decomposed relative
-    position bias, LayerNorm eps 1e-6, trainable pos embed) with its pyramid; keyword arguments override the
-    ViT's settings (e.g. depth for tests)."""
+    position bias, LayerNorm eps 1e-6, trainable pos embed on the pre-training grid) with its pyramid; keyword
+    arguments override the ViT's settings (e.g. depth for tests, pretrain_img_size)."""
     vit_kwargs.setdefault("global_blocks", global_blocks(vit_kwargs.get("depth", VIT_SIZES[size]["depth"])))
     vit_kwargs.setdefault("pos_embed_trainable", True)
-    net = build_vit(size, img_size=img_size, class_token=False, global_pool="", num_classes=0,
+    net = build_vit(size, ViTDetViT, img_size=img_size, class_token=False, global_pool="", num_classes=0,
                     window_size=window_size, use_rel_pos=True, drop_path_rate=drop_path_rate, norm_eps=1e-6,
                     **vit_kwargs)
     return ViTDetBackbone(net, out_channels)

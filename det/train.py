@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from mmengine.config import Config
 from mmengine.runner import set_random_seed
+from torch import nn
 
 from backbone import adamw_layer_decay, load_pretrained
 from engine import build_train_runner
@@ -37,8 +40,21 @@ def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> Vi
     return model
 
 
+def vitdet_adamw(model: ViTDetMaskRCNN, lr: float, weight_decay: float, layer_decay: float,
+                 betas: Sequence[float]) -> torch.optim.AdamW:
+    """ViTDet's AdamW: layer-wise lr decay over the ViT, and weight decay on every parameter but pos_embed and the
+    ViT's LayerNorms. detectron2 spares only torch's normalisation modules; ViTDet's pyramid and heads use
+    detectron2's own channels-first LayerNorm, so their norms are decayed, as are biases and rel_pos_h / _w."""
+    net = model.backbone.net
+    norms = [f"{BACKBONE_PREFIX}{name}.{leaf}" for name, module in net.named_modules()
+             if isinstance(module, nn.LayerNorm) for leaf, _ in module.named_parameters(recurse=False)]
+    return adamw_layer_decay(model, lr, weight_decay, layer_decay, net.num_layers, betas,
+                             backbone_prefix=BACKBONE_PREFIX, no_weight_decay=norms, decay_bias=True)
+
+
 def coco_dataset(cfg: Config, split: str) -> CocoDetection:
-    """The train split with large scale jitter, or the val split resized for testing."""
+    """The train split with large scale jitter, or the val split resized for testing (`data.skip_invalid`:
+    unreadable images are replaced in training, dropped from the evaluation)."""
     annotations, images = coco_paths(cfg.data.root, split)
     size = cfg.model.img_size
     transform = lsj_transform(size, tuple(cfg.data.scale_range)) if split == "train" else eval_transform(size)
@@ -54,8 +70,7 @@ def build_det_runner(cfg: Config):
     if cfg.compile:
         model.backbone.compile()
     net = model.backbone.net
-    optimizer = adamw_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers,
-                                  cfg.optim.betas, backbone_prefix=BACKBONE_PREFIX)
+    optimizer = vitdet_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay, cfg.optim.betas)
     work_dir = Path(default_work_dir(cfg))
     metric = CocoMetric(val.annotation_file, val.category_ids, results_file=work_dir / RESULTS_FILE)
     runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,

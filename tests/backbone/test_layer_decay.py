@@ -41,6 +41,16 @@ def test_no_weight_decay_set():
         for leaf in ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")}
 
 
+
+def test_decay_bias_decays_biases_and_vectors_except_the_named_ones():
+    """detectron2's rule (ViTDet): only the named norms, pos embed and tokens are spared."""
+    norms = [f"blocks.{i}.{n}.{leaf}" for i in range(4) for n in ("norm1", "norm2") for leaf in ("weight", "bias")]
+    groups = param_groups_layer_decay(four_block_model(), lr=1.0, weight_decay=0.05, layer_decay=DECAY, num_layers=4,
+                                      no_weight_decay=norms, decay_bias=True)
+    no_decay = {name for g in groups if g["weight_decay"] == 0.0 for name in g["param_names"]}
+    assert no_decay == {"cls_token", "pos_embed", *norms}
+    assert sum(len(g["param_names"]) for g in groups) == len(list(four_block_model().parameters()))
+
 def test_frozen_params_are_left_out_and_fixed_sincos_is_frozen():
     model = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2)
     names = {n for g in param_groups_layer_decay(model, 1.0, 0.05, 0.75, 2) for n in g["param_names"]}

@@ -8,7 +8,7 @@ from pycocotools import mask as mask_api
 
 from benchmarks.coco_eval_speed import noisy_detections, pycocotools_stats
 from benchmarks.synthetic import COCO_CATEGORY_IDS, synthesize
-from det.coco_metric import COCO_STATS, CocoMetric, coco_stats, detections_to_coco, load_coco
+from det.coco_metric import COCO_STATS, CocoMetric, _numpy, coco_stats, detections_to_coco, load_coco
 
 
 @pytest.fixture(scope="module")
@@ -59,21 +59,34 @@ def test_detections_to_coco_converts_boxes_and_masks():
     rles = [dict(d["segmentation"], counts=d["segmentation"]["counts"].encode()) for d in out]
     np.testing.assert_array_equal(mask_api.decode(rles).transpose(2, 0, 1), masks > 0.5)
     assert detections_to_coco(7, np.zeros((0, 4)), [], [], [11], np.zeros((0, 6, 8))) == []
+    as_bool = detections_to_coco(7, np.array([[2.0, 1.0, 5.0, 3.0], [0.0, 4.0, 2.0, 6.0]]), [0.8, 0.3], [1, 0],
+                                 [11, 22], masks > 0.5)
+    assert as_bool == out
+
+
+def test_masks_cross_to_the_cpu_as_booleans_and_other_floats_as_float32():
+    """A float copy of 100 binary masks at the original size would take 4x the bytes (on the GPU first)."""
+    masks = torch.zeros(2, 6, 8, dtype=torch.bool)
+    masks[0, 1:3] = True
+    assert _numpy(masks).dtype == np.bool_ and (_numpy(masks) == masks.numpy()).all()
+    assert _numpy(torch.tensor([0.5, 0.25], dtype=torch.bfloat16)).dtype == np.float32
+    assert _numpy(torch.tensor([3, 1])).dtype == np.int64
 
 
 def test_runner_metric_names_and_results_file(annotations, tmp_path):
     gt = load_coco(annotations)
     detections = noisy_detections(gt, seed=1)
-    by_image = {}
+    by_image = {image_id: [] for image_id in gt.getImgIds()}  # every image is evaluated, some without detections
     for d in detections:
-        by_image.setdefault(d["image_id"], []).append(d)
+        by_image[d["image_id"]].append(d)
     metric = CocoMetric(annotations, COCO_CATEGORY_IDS, results_file=tmp_path / "detections.json")
     for image_id, dets in by_image.items():
-        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)])
-        masks = torch.from_numpy(np.stack([gt.annToMask({**d, "iscrowd": 0}) for d in dets]))
-        labels = torch.tensor([COCO_CATEGORY_IDS.index(d["category_id"]) for d in dets])
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)]).reshape(-1, 4)
+        masks = torch.from_numpy(np.stack([gt.annToMask({**d, "iscrowd": 0}) for d in dets] or [np.zeros((96, 96))]))
+        labels = torch.tensor([COCO_CATEGORY_IDS.index(d["category_id"]) for d in dets], dtype=torch.int64)
         metric.process(None, [dict(image_id=image_id, boxes=boxes, scores=torch.tensor([d["score"] for d in dets]),
-                                   labels=labels, masks=masks)])
+                                   labels=labels, masks=masks[:len(dets)])])
+    assert any(not dets for dets in by_image.values())
     metrics = metric.evaluate(len(by_image))
     assert {"APb", "APb50", "APb75", "APm", "APm50", "APm75", "ARb100", "ARml"} <= set(metrics)
     written = json.loads((tmp_path / "detections.json").read_text())

@@ -40,6 +40,15 @@ def annotations_json(path):
     return json.loads(path.read_text())
 
 
+def tight_boxes(masks):
+    """Reference: per mask, [x_min, y_min, x_max + 1, y_max + 1] of its pixels."""
+    boxes = []
+    for mask in masks:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
 def variant(train_files, tmp_path, edit):
     """The train annotation file after `edit(data)`, written to tmp_path; the images stay where they are."""
     data = annotations_json(train_files[0])
@@ -167,10 +176,31 @@ def test_lsj_flips_image_boxes_and_masks_together(train_files):
             flipped += 1
             assert torch.equal(sample["image"], plain["image"].flip(-1))
             expected["masks"] = expected["masks"].flip(-1)
-            expected["boxes"] = expected["boxes"].clone()
-            expected["boxes"][:, [0, 2]] = SIZE - plain["target"]["boxes"][:, [2, 0]]
+        expected["boxes"] = tight_boxes(expected["masks"])  # LSJ recomputes the boxes from the masks
         torch.testing.assert_close(sample["target"], expected)
     assert 0 < flipped < 8
+
+
+def test_lsj_boxes_are_the_tight_boxes_of_the_cropped_masks_and_empty_instances_are_dropped():
+    """ViTDet's recompute_boxes: a clipped annotation box overhangs what the crop left of an L-shaped object, and
+    holds none of it when the crop misses both arms; the rectangle's annotation box is looser than its mask."""
+    image = tv_tensors.Image(torch.zeros(3, 20, 20, dtype=torch.uint8))
+    masks = torch.zeros(2, 20, 20, dtype=torch.uint8)
+    masks[0, 2, 2:18] = masks[0, 2:18, 2] = 1  # an L: arms along row 2 and column 2
+    masks[1, 4:7, 12:16] = 1
+    target = {"boxes": tv_tensors.BoundingBoxes([[2.0, 2.0, 18.0, 18.0], [11.5, 3.5, 16.0, 7.5]], format="XYXY",
+                                                canvas_size=(20, 20)),
+              "labels": torch.tensor([4, 7]), "masks": tv_tensors.Mask(masks)}
+    transform = lsj_transform(20, scale_range=(2.0, 2.0))  # x2, then a random 20 x 20 window of the 40 x 40
+    counts = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        _, out, _ = transform(image, target)
+        assert out["masks"].flatten(1).any(dim=1).all()  # no instance without a pixel
+        torch.testing.assert_close(out["boxes"], tight_boxes(out["masks"]))
+        assert set(out["labels"].tolist()) <= {4, 7} and len(out["labels"]) == len(out["boxes"])
+        counts.add(len(out["labels"]))
+    assert counts == {0, 1, 2}  # windows that keep both, one and neither
 
 
 def test_same_seed_same_sample_and_the_global_rng_untouched(lsj_dataset):
@@ -279,3 +309,13 @@ def test_unreadable_images_are_replaced_and_counted_across_workers(damaged, trai
                                                                                    (1, 1, 3, 3)]
     assert dataset.skipped.value == 3  # once here, twice in the loader workers
     assert copy.deepcopy(dataset).skipped is dataset.skipped  # mmengine deep-copies datasets
+
+
+def test_unreadable_images_are_dropped_from_an_evaluation_not_replaced(damaged):
+    annotation_file, folder, _ = damaged
+    dataset = CocoDetection(annotation_file, folder, eval_transform(SIZE), train=False, skip_invalid=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=range(4), collate_fn=collate, num_workers=2)
+    batches = list(loader)
+    assert [batch["dropped_ids"] for batch in batches] == [[dataset.image_ids[0]], [dataset.image_ids[2]]]
+    assert [meta["image_id"] for batch in batches for meta in batch["metas"]] == [dataset.image_ids[i] for i in (1, 3)]
+    assert dataset.skipped.value == 2

@@ -1,12 +1,15 @@
-"""ViTDet Mask R-CNN on torchvision: the L1 losses against their formulas, the ViT-B build, and the output format."""
+"""ViTDet Mask R-CNN on torchvision: the L1 and mask losses against their formulas, the ViT-B build with ViTDet's
+settings and optimizer groups, and the output format."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
-from backbone import param_groups_layer_decay
-from det.model import L1RegionProposalNetwork, box_losses, build_mask_rcnn
-from det.train import BACKBONE_PREFIX
+from det.model import L1RegionProposalNetwork, box_losses, build_mask_rcnn, mask_loss, mask_targets
+from det.train import vitdet_adamw
 
 TINY = dict(img_size=64, depth=2, window_size=2, global_blocks=(1,), out_channels=32, head_channels=32,
             fc_channels=64, anchor_sizes=(8, 16, 32, 64, 128), roi_batch_size=32)
@@ -47,25 +50,94 @@ def test_rpn_losses_are_l1_and_cross_entropy_over_sampled_anchors_normalised_as_
     torch.testing.assert_close(box_loss, (deltas[positive] - flat_targets[positive]).abs().sum() / 8)
 
 
-def test_vit_base_detector_builds_with_vitdet_heads_and_layer_decay():
+@pytest.fixture(scope="module")
+def vit_base_detector():
     with torch.device("meta"):
-        model = build_mask_rcnn(80, "base")
-    parameters = sum(p.numel() for p in model.parameters())
-    assert 105e6 < parameters < 115e6, parameters  # ViTDet's ViT-B Mask R-CNN: 111M
-    heads = model.roi_heads
-    assert heads.fg_bg_sampler.batch_size_per_image == 512 and heads.detections_per_img == 100
+        return build_mask_rcnn(80, "base")
+
+
+def test_vit_base_detector_has_vitdet_settings(vit_base_detector):
+    """Each value as in detectron2's ViTDet configs (mask_rcnn_vitdet.py on mask_rcnn_fpn.py)."""
+    model = vit_base_detector
+    # ViTDet's ViT-B Mask R-CNN has 111M: it keeps an unused [CLS] slot in its 14 x 14 pos embed (+768) and no
+    # background class in its box deltas and mask logits (-4 x 1025 - 257)
+    assert sum(p.numel() for p in model.parameters()) == 110_899_381
+    assert tuple(model.backbone.net.pos_embed.shape) == (1, 14 * 14, 768) and model.backbone.net.pos_embed.requires_grad
+    rpn, heads = model.rpn, model.roi_heads
+    assert rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    assert rpn.anchor_generator.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
+    assert len(rpn.head.conv) == 2 and rpn.nms_thresh == 0.7 and rpn.box_coder.weights == (1.0, 1.0, 1.0, 1.0)
+    assert rpn._pre_nms_top_n == dict(training=2000, testing=1000)
+    assert rpn._post_nms_top_n == dict(training=1000, testing=1000)
+    assert (rpn.proposal_matcher.low_threshold, rpn.proposal_matcher.high_threshold) == (0.3, 0.7)
+    assert rpn.proposal_matcher.allow_low_quality_matches
+    assert (rpn.fg_bg_sampler.batch_size_per_image, rpn.fg_bg_sampler.positive_fraction) == (256, 0.5)
+    assert (heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction) == (512, 0.25)
+    assert heads.proposal_matcher.high_threshold == 0.5 and not heads.proposal_matcher.allow_low_quality_matches
+    assert heads.nms_thresh == 0.5 and heads.score_thresh == 0.05 and heads.detections_per_img == 100
+    assert heads.box_coder.weights == (10.0, 10.0, 5.0, 5.0)
+    for pool, size in ((heads.box_roi_pool, 7), (heads.mask_roi_pool, 14)):
+        assert pool.output_size == (size, size) and pool.sampling_ratio == 0 and pool.strides == [4, 8, 16, 32]
     assert heads.box_predictor.cls_score.out_features == 81 and heads.mask_predictor.mask_fcn_logits.out_channels == 81
-    assert len(model.rpn.head.conv) == 2
-    assert [type(m).__name__ for m in heads.box_head[0]] == ["Conv2d", "LayerNorm2d", "ReLU"]
-    assert model.backbone.net.pos_embed.requires_grad
-    groups = param_groups_layer_decay(model, 1e-4, 0.1, 0.7, 12, backbone_prefix=BACKBONE_PREFIX)
-    lr_of = {name: group["lr"] for group in groups for name in group["param_names"]}
-    decay_of = {name: group["weight_decay"] for group in groups for name in group["param_names"]}
+    conv_norm = [torch.nn.Conv2d, LayerNorm2d, torch.nn.ReLU]
+    box_head = list(heads.box_head)  # 4 conv + 1 fc
+    assert [[type(m) for m in block] for block in box_head[:4]] == [conv_norm] * 4
+    assert [type(m) for m in box_head[4:]] == [torch.nn.Flatten, torch.nn.Linear, torch.nn.ReLU]
+    assert box_head[5].out_features == 1024
+    assert [[type(m) for m in block] for block in heads.mask_head] == [conv_norm] * 4
+
+
+def test_vit_base_optimizer_has_vitdet_layer_decay_and_weight_decay(vit_base_detector):
+    """ViTDet: lr x 0.7 ** (13 - layer id); weight decay 0.1 on every parameter but pos_embed and the ViT's
+    LayerNorms (biases, rel_pos tables and the pyramid's and heads' channels-first LayerNorms included)."""
+    optimizer = vitdet_adamw(vit_base_detector, 1e-4, 0.1, 0.7, (0.9, 0.999))
+    lr_of = {name: group["lr"] for group in optimizer.param_groups for name in group["param_names"]}
+    decay_of = {name: group["weight_decay"] for group in optimizer.param_groups for name in group["param_names"]}
+    assert set(decay_of) == {name for name, _ in vit_base_detector.named_parameters()}
+    spared = re.compile(r"backbone\.net\.(pos_embed|blocks\.\d+\.norm[12]\.(weight|bias))")
+    assert {name: decay for name, decay in decay_of.items() if decay != 0.1} == {
+        name: 0.0 for name in decay_of if spared.fullmatch(name)}
+    assert len([name for name in decay_of if spared.fullmatch(name)]) == 1 + 12 * 4
+    for name in ("backbone.net.blocks.0.attn.qkv.bias", "backbone.net.blocks.2.attn.rel_pos_h",
+                 "backbone.pyramid.outputs.0.0.1.weight", "roi_heads.box_head.0.1.bias", "rpn.head.conv.0.0.bias"):
+        assert decay_of[name] == 0.1, name
     assert lr_of["backbone.net.patch_embed.proj.weight"] == pytest.approx(1e-4 * 0.7 ** 13)
+    assert lr_of["backbone.net.pos_embed"] == pytest.approx(1e-4 * 0.7 ** 13)
+    assert lr_of["backbone.net.blocks.0.attn.rel_pos_w"] == pytest.approx(1e-4 * 0.7 ** 12)
     assert lr_of["backbone.net.blocks.11.mlp.fc1.weight"] == pytest.approx(1e-4 * 0.7)
     assert lr_of["backbone.pyramid.outputs.0.0.0.weight"] == lr_of["roi_heads.box_predictor.bbox_pred.weight"] == 1e-4
-    assert decay_of["backbone.net.pos_embed"] == 0 and decay_of["backbone.net.blocks.0.norm1.weight"] == 0
-    assert decay_of["backbone.net.blocks.0.attn.qkv.weight"] == 0.1
+
+
+def test_a_mask_filling_its_box_gives_an_all_ones_target():
+    """Aligned RoIAlign samples inside the box; torchvision's aligned=False targets lose the far rows (0.29)."""
+    masks = torch.zeros(2, 40, 40, dtype=torch.uint8)
+    masks[0, 5:17, 3:23] = 1
+    masks[1, 20:38, 30:37] = 1
+    boxes = torch.tensor([[3.0, 5.0, 23.0, 17.0], [30.0, 20.0, 37.0, 38.0], [30.0, 20.0, 37.0, 38.0]])
+    targets = mask_targets(masks, boxes, torch.tensor([0, 1, 0]), 14)
+    assert targets.shape == (3, 14, 14) and targets.dtype == torch.float32
+    assert (targets[:2] == 1).all() and (targets[2] == 0).all()  # the third box holds none of mask 0
+
+
+def test_mask_loss_is_bce_of_the_gt_class_against_the_box_crop():
+    """Boxes 28 px wide on even pixels: each of the 14 x 14 cells averages a 2 x 2 block of the mask."""
+    generator = torch.Generator().manual_seed(0)
+    masks = [(torch.rand(2, 64, 64, generator=generator) > 0.5).to(torch.uint8), torch.zeros(0, 64, 64)]
+    boxes = [torch.tensor([[4.0, 8.0, 32.0, 36.0], [30.0, 2.0, 58.0, 30.0], [4.0, 8.0, 32.0, 36.0]]),
+             torch.zeros(0, 4)]
+    none = torch.zeros(0, dtype=torch.int64)
+    matched, labels = [torch.tensor([1, 0, 0]), none], [torch.tensor([3, 1]), none]
+    logits = torch.randn(3, 4, 14, 14, generator=generator)
+    loss = mask_loss(logits, boxes, masks, labels, matched)
+    expected = []
+    for i, (box, gt) in enumerate(zip(boxes[0].int().tolist(), matched[0].tolist(), strict=True)):
+        x0, y0, x1, y1 = box
+        crop = masks[0][gt, y0:y1, x0:x1].float().reshape(14, 2, 14, 2).mean(dim=(1, 3))
+        target, x = (crop >= 0.5).float(), logits[i, labels[0][gt]]
+        expected.append(-(target * F.logsigmoid(x) + (1 - target) * F.logsigmoid(-x)))
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+    empty = mask_loss(logits[:0].requires_grad_(), boxes[1:], masks[1:], labels[1:], matched[1:])
+    assert empty.item() == 0 and empty.requires_grad
 
 
 def test_training_gives_five_losses_and_prediction_maps_back_to_the_original_image():
@@ -89,6 +161,7 @@ def test_training_gives_five_losses_and_prediction_maps_back_to_the_original_ima
     model.eval()
     with torch.no_grad():
         outputs = model(images, targets, metas, mode="predict")
+        assert model(images[:0], [], [], mode="predict", dropped_ids=[3]) == []  # a batch of dropped images
     for output, meta in zip(outputs, metas, strict=True):
         height, width = meta["orig_size"]
         assert output["image_id"] == meta["image_id"] and len(output["boxes"]) > 0

@@ -1,6 +1,8 @@
-"""ViTDet backbone: pyramid strides and channels, and the ViT-B / ViT-L build at 1024 px (on the meta device)."""
+"""ViTDet backbone: pyramid strides and channels, the pos embed resized on every forward, and the ViT-B / ViT-L
+build at 1024 px (on the meta device)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from det.pyramid import build_vitdet_backbone, global_blocks
 
@@ -22,7 +24,7 @@ def test_builds_vitdet_shapes_without_running(size, dim, depth, blocks):
         backbone = build_vitdet_backbone(size)
         levels = backbone(torch.empty(1, 3, 1024, 1024))
     net = backbone.net
-    assert net.cls_token is None and tuple(net.pos_embed.shape) == (1, 64 * 64, dim)
+    assert net.cls_token is None and tuple(net.pos_embed.shape) == (1, 14 * 14, dim)  # the pre-training grid
     windows = [block.window_size for block in net.blocks]
     assert [i for i, w in enumerate(windows) if w == 0] == list(blocks) and set(windows) == {0, 14}
     head_dim = dim // net.blocks[0].attn.num_heads
@@ -33,6 +35,26 @@ def test_builds_vitdet_shapes_without_running(size, dim, depth, blocks):
         dim // 2, dim // 4, 2, 2)
     assert [tuple(v.shape) for v in levels.values()] == [(1, 256, 1024 // s, 1024 // s) for s in (4, 8, 16, 32, 64)]
     assert len(net.blocks) == depth
+
+
+def test_the_pos_embed_stays_on_the_pretraining_grid_and_is_resized_on_every_forward():
+    """ViTDet's get_abs_pos: the (trained) 14 x 14 table resized bicubically to the patch grid of each input."""
+    torch.manual_seed(0)
+    net = build_vitdet_backbone("tiny", img_size=64, patch_size=8, window_size=4, depth=1, global_blocks=(0,),
+                                pretrain_img_size=48).net
+    assert tuple(net.pos_embed.shape) == (1, 36, 192) and net.config["pretrain_img_size"] == 48
+    torch.nn.init.normal_(net.pos_embed)
+    images = torch.randn(1, 3, 64, 80)
+    tokens, grid = net.embed(images)
+    table = net.pos_embed.reshape(1, 6, 6, 192).permute(0, 3, 1, 2)
+    resized = F.interpolate(table, size=(8, 10), mode="bicubic", align_corners=False)
+    expected = net.patch_embed(images).reshape(1, 80, 192) + resized.flatten(2).transpose(1, 2)
+    assert grid == (8, 10)
+    torch.testing.assert_close(tokens, expected)
+    tokens.sum().backward()
+    assert net.pos_embed.grad.abs().sum() > 0  # the small table is what trains
+    with pytest.raises(ValueError, match="pretrain_img_size 50 is not a multiple of patch_size 8"):
+        build_vitdet_backbone("tiny", img_size=64, patch_size=8, depth=1, global_blocks=(0,), pretrain_img_size=50)
 
 
 def test_patch_8_backbones_keep_strides_4_to_64():

@@ -89,6 +89,7 @@ def test_the_fine_tuned_backbone_is_readable_and_converts(short_run, tmp_path):
                                short_run.model.backbone.net.state_dict()["blocks.3.mlp.fc2.weight"])
     assert main(["convert", str(checkpoint_path), str(tmp_path / "d2.pth"), "--to", "detectron2"]) == 0
     exported = torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
+    assert exported["backbone.net.pos_embed"].shape == (1, 1 + 12 * 12, 192)  # ViTDet's: pre-training grid + [CLS]
     torch.testing.assert_close(exported["backbone.net.blocks.3.mlp.fc2.weight"],
                                vit.state_dict()["blocks.3.mlp.fc2.weight"])
 
@@ -142,16 +143,18 @@ def test_training_improves_box_and_mask_ap_over_the_untrained_model(tmp_path):
     assert after["APm"] > before["APm"], message
 
 
-def test_a_pretrained_encoder_initialises_the_backbone_with_its_pos_embed_resampled(data, tmp_path):
+def test_a_pretrained_encoder_initialises_the_backbone_with_its_pos_embed_on_the_pretraining_grid(data, tmp_path):
     torch.manual_seed(1)
     encoder = build_vit("tiny", img_size=64, patch_size=8, depth=4, global_pool="avg")  # [CLS], 8 x 8 grid
     export_checkpoint(encoder, tmp_path / "encoder.safetensors")
-    model = build_detector(config(data, tmp_path, ckpt=tmp_path / "encoder.safetensors"), 8)
-    net = model.backbone.net
+    cfg = config(data, tmp_path, ckpt=tmp_path / "encoder.safetensors", **{"model.pretrain_img_size": 64})
+    net = build_detector(cfg, 8).backbone.net
     torch.testing.assert_close(net.blocks[2].attn.qkv.weight, encoder.blocks[2].attn.qkv.weight)
-    expected = resample_pos_embed(encoder.pos_embed.detach(), (16, 16), 1, 0, (8, 8))
-    torch.testing.assert_close(net.pos_embed, expected)  # [CLS] slot dropped, 8 x 8 -> 16 x 16
+    torch.testing.assert_close(net.pos_embed, encoder.pos_embed[:, 1:])  # [CLS] slot dropped, 8 x 8 kept as is
     assert torch.count_nonzero(net.blocks[0].attn.rel_pos_h) == 0  # ViTDet's tables start at zero
+    net = build_detector(config(data, tmp_path, ckpt=tmp_path / "encoder.safetensors"), 8).backbone.net
+    expected = resample_pos_embed(encoder.pos_embed.detach(), (12, 12), 1, 0, (8, 8))
+    torch.testing.assert_close(net.pos_embed, expected)  # the config's pre-training grid: 96 px / 8 = 12 x 12
     wider = build_vit("small", img_size=64, patch_size=8, depth=4)
     export_checkpoint(wider, tmp_path / "small.safetensors")
     with pytest.raises(CheckpointError, match="width 384"):

@@ -7,12 +7,14 @@ data = dict(
     scale_range=(0.1, 2.0),  # large scale jitter: resize by this factor of img_size, then crop / pad to it
     num_workers=8,  # data-loader processes per GPU
     # a missing or undecodable image, an empty box or an unknown category id stops the run with its name;
-    # True leaves such items out (counted in the log)
+    # True leaves such items out (counted in the log): an undecodable training image is replaced by the next one,
+    # evaluation scores only the images it could read
     skip_invalid=False,
 )
 model = dict(
     size="base",
     img_size=1024,  # square input: train crops and pads to it, test resizes the longer side to it and pads
+    pretrain_img_size=224,  # the trained pos embed stays on this grid (14 x 14), resized to the input's each forward
     window_size=14,  # window attention except in ViTDet's global blocks (2, 5, 8, 11 for ViT-B)
     drop_path_rate=0.1,
     out_channels=256,  # feature pyramid width
@@ -29,7 +31,8 @@ batch_size = 2  # 16 = 2 x 8 GPUs
 optim = dict(
     lr=3e-4,  # at effective_batch (not rescaled)
     layer_decay=0.7,  # backbone block i gets lr x 0.7 ** (depth - i); pyramid and heads the full lr
-    weight_decay=0.1,  # none on norms, biases and pos embed
+    weight_decay=0.1,  # ViTDet's: on everything but pos embed and the ViT's norms (biases, rel pos and the
+    # pyramid's and heads' norms included: detectron2 spares only torch's norm modules)
     betas=(0.9, 0.999),
     clip_grad=None,
 )
