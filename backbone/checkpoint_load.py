@@ -17,6 +17,12 @@ from .checkpoint import Checkpoint, CheckpointError, read_checkpoint, split_pret
 from .pos_embed import Grid, resample_pos_embed
 from .vit import VIT_SIZES, VisionTransformer
 
+# Checkpoint parts a model may be built without, left unused by design (first or last key component): [CLS] (ViTDet
+# backbones have none), DeiT's distillation token (our ViT never has one; the pos-embed resampling drops its slot),
+# the final norm (MAE-style fine-tuning pools into fc_norm, dense-task backbones have none) and ViTDet's relative
+# position tables (a plain ViT read out of a detection run has none). Any other key a model cannot take is an error.
+UNUSED_PARTS = ("cls_token", "dist_token", "norm", "rel_pos_h", "rel_pos_w")
+
 
 @dataclass
 class LoadReport:
@@ -158,6 +164,14 @@ def _mismatch_message(mismatches: list[tuple[str, tuple, tuple]], state: dict, m
     return message
 
 
+def unusable_keys(state: dict[str, torch.Tensor], model: VisionTransformer) -> list[str]:
+    """Keys of `state` that `model` has no place for, beyond the UNUSED_PARTS it may be built without: loading
+    would silently drop them (e.g. the last blocks of a deeper checkpoint)."""
+    target = model.state_dict()
+    return [k for k in state if k not in target and k.split(".")[0] not in UNUSED_PARTS
+            and k.split(".")[-1] not in UNUSED_PARTS]
+
+
 def load_pretrained(
     model: VisionTransformer,
     source: str | os.PathLike | Checkpoint,
@@ -170,6 +184,8 @@ def load_pretrained(
 ) -> LoadReport:
     """Load a checkpoint of any supported format into `model` and report every key.
 
+    Decoder / mask-token keys (`drop_decoder`) and head keys (`drop_head`) are dropped first; any other key the
+    model has no place for is an error (a deeper checkpoint must not load truncated), except UNUSED_PARTS.
     `allowed_missing` (first key components by prefix, or last components exactly) turns missing keys outside it
     into an error, e.g. ('head', 'fc_norm') when fine-tuning a pre-trained encoder, or ('rel_pos_h', 'rel_pos_w')
     for ViTDet's relative position tables, which pre-training does not have.
@@ -184,6 +200,11 @@ def load_pretrained(
         state, notes = adapt_state_dict(state, model, src_grid)
     except CheckpointError as err:
         raise CheckpointError(f"{ckpt.path}: {err}") from None
+    unused = unusable_keys(state, model)
+    if unused:
+        raise CheckpointError(f"{ckpt.path}: checkpoint keys the model has no place for ({len(unused)}): "
+                              f"{', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''} (a deeper or otherwise "
+                              "different architecture: build the model the checkpoint describes)")
     result = model.load_state_dict(state, strict=False)
     report = LoadReport(
         ckpt.path, ckpt.format, loaded=[k for k in state if k not in result.unexpected_keys],

@@ -11,6 +11,7 @@ from mmengine.hooks import EMAHook
 from mmengine.runner import set_random_seed
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
+from torchvision.datasets import ImageFolder
 
 from backbone import VisionTransformer, adamw_layer_decay, build_vit, load_pretrained
 from engine import build_train_runner, peak_lr
@@ -48,6 +49,15 @@ class ClassifierModel(DeviceLoggedModel):
         raise ValueError(f"mode={mode!r}; expected 'loss' or 'predict'")
 
 
+class StepEMAHook(EMAHook):
+    """mmengine's EMAHook updated once per optimizer step, not per loop iteration: with gradient accumulation the
+    decay per step would otherwise depend on the number of GPUs (fewer GPUs, more accumulation, more updates)."""
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+        if runner.optim_wrapper.should_update():  # true right after the iteration that stepped the optimizer
+            super().after_train_iter(runner, batch_idx, data_batch, outputs)
+
+
 def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) -> VisionTransformer:
     """The ViT of `cfg.model` loaded from `cfg.ckpt`: a pre-trained encoder gets a fresh head (only head /
     fc_norm may be missing), a fine-tuned checkpoint (`fine_tuned`) must supply every key, its head included."""
@@ -65,14 +75,21 @@ def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) ->
     return net
 
 
+def check_same_classes(train: ImageFolder, val: ImageFolder, root: str) -> None:
+    """Labels are class-folder indices: a folder missing from one split would silently shift every later label."""
+    if train.classes != val.classes:
+        differ = sorted(set(train.classes) ^ set(val.classes))
+        raise ValueError(f"{root}: train and val have different class folders: {', '.join(differ[:5])}"
+                         f"{' ...' if len(differ) > 5 else ''} ({len(differ)} in only one split)")
+
+
 def build_finetune_runner(cfg: Config):
     """Data, model, layer-decayed AdamW and top-1/top-5 evaluation of a fine-tuning config, as a Runner."""
     img_size = cfg.model.img_size
     train = image_folder(cfg.data.root, "train", train_transform(img_size, cfg.aug), cfg.data.skip_unreadable,
                          every_class=True)
     val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_unreadable)
-    if train.classes != val.classes:
-        raise ValueError(f"{cfg.data.root}: train and val have different class folders")
+    check_same_classes(train, val, cfg.data.root)
     net = build_classifier(cfg, len(train.classes))
     if cfg.compile:
         net.compile()
@@ -80,7 +97,7 @@ def build_finetune_runner(cfg: Config):
     optimizer = adamw_layer_decay(net, lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers,
                                   cfg.optim.betas)
     model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
-    hooks = [EMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
+    hooks = [StepEMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
                                 val_metric=TopKAccuracy(), best_metric="top1")

@@ -5,6 +5,7 @@ its pooled feature learn, with LARS (or SGD), RandomResizedCrop + flip and nothi
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from engine.hooks import ModelMetaHook
 from engine.runner import TrainSpec, train_from_config
 from pretrain.data import eval_transform, image_folder, pretrain_transform
 
-from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, build_classifier
+from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, build_classifier, check_same_classes
 from .metric import TopKAccuracy
 
 OPTIMIZERS = ("lars", "sgd")
@@ -41,6 +42,23 @@ def probe_head(dim: int, num_classes: int) -> nn.Sequential:
     return head
 
 
+def lars(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> Lars:
+    """MAE's LARS: weights (ndim > 1) get weight decay and the trust ratio 0.001 ||w|| / ||update|| on every step,
+    biases neither. timm's Lars adapts only where a group says always_adapt (or has weight decay), so the groups
+    say it; its trust denominator is ||g|| + wd ||w|| where MAE's is ||g + wd w||: equal at the recipe's wd of 0."""
+    params = list(params)
+    groups = [dict(params=[p for p in params if p.ndim > 1], always_adapt=True),
+              dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, always_adapt=False)]
+    return Lars(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, eps=0.0)
+
+
+def probe_optimizer(optim: dict[str, Any], head: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """LARS (MAE's) or SGD with momentum 0.9 over the probe head's parameters, at peak lr `lr`."""
+    if optim["type"] == "lars":
+        return lars(head.parameters(), lr, optim["weight_decay"])
+    return torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=optim["weight_decay"])
+
+
 def build_linprobe_runner(cfg):
     """Frozen encoder from `cfg.ckpt`, BN + linear head, LARS or SGD, per-epoch top-1 / top-5."""
     if cfg.optim.type not in OPTIMIZERS:
@@ -49,15 +67,11 @@ def build_linprobe_runner(cfg):
     train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
                          cfg.data.skip_unreadable, every_class=True)
     val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_unreadable)
+    check_same_classes(train, val, cfg.data.root)
     net = build_classifier(cfg, len(train.classes))
     net.requires_grad_(False)
     net.head = probe_head(net.embed_dim, len(train.classes))
-    lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
-    params = list(net.head.parameters())
-    if cfg.optim.type == "lars":
-        optimizer = Lars(params, lr=lr, momentum=0.9, weight_decay=cfg.optim.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.optim.weight_decay)
+    optimizer = probe_optimizer(cfg.optim, net.head, peak_lr(cfg.optim.base_lr, cfg.effective_batch))
     model = LinearProbe(net, mixup=None, smoothing=0.0, precision=cfg.precision)
     runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,

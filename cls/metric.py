@@ -21,7 +21,8 @@ class TopKAccuracy(BaseMetric):
             k = min(max(self.topk), logits.shape[-1])
             hits = logits.topk(k, dim=-1).indices == labels.unsqueeze(-1)
             counts = [hits[:, :min(top, k)].any(-1).sum() for top in self.topk]
-            self.results.append(torch.stack([*counts, torch.tensor(len(labels), device=labels.device)]))
+            # the batch size made on the device: torch.tensor(n, device=...) would be a blocking copy per batch
+            self.results.append(torch.stack([*counts, labels.new_full((), len(labels), dtype=torch.long)]))
 
     def evaluate(self, size: int) -> dict[str, float]:
         """Sum the per-batch counts (the validation sampler does not pad ranks, so nothing is counted twice)."""

@@ -25,6 +25,12 @@ from .finetune import CONFIGS_DIR
 from .metric import TopKAccuracy
 
 
+def dropped_positions(dropped: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, count) indices of the True entries of `dropped` (B, N), ascending: what boolean indexing selects, but of
+    a known size, so evaluation never waits for the host to learn it. Every row has `count` True entries."""
+    return dropped.byte().argsort(dim=1, descending=True, stable=True)[:, :count]
+
+
 class PositionProbe(DeviceLoggedModel):
     """Frozen encoder + trainable position mask token + linear head over the grid's positions."""
 
@@ -42,12 +48,17 @@ class PositionProbe(DeviceLoggedModel):
         self.net.eval()
         return self
 
+    def num_dropped(self, num_patches: int) -> int:
+        """Patches per image that lose their position embedding."""
+        return round(num_patches * self.drop_ratio)
+
     def logits(self, images: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
         """(position logits (B, N, N), dropped (B, N) bool): every patch is seen, `drop_ratio` without position."""
         x = self.net.patch_embed(images).flatten(1, 2)
         batch, num = x.shape[:2]
-        dropped = random_mask(batch, num, num - round(num * self.drop_ratio), x.device, generator)
-        pos = torch.where(dropped.unsqueeze(-1), self.mask_pos_token.to(x.dtype), self.net.pos_embed[:, 1:])
+        dropped = random_mask(batch, num, num - self.num_dropped(num), x.device, generator)
+        patch_pos = self.net.pos_embed[:, self.net.num_prefix_tokens:]
+        pos = torch.where(dropped.unsqueeze(-1), self.mask_pos_token.to(x.dtype), patch_pos)
         tokens = self.net.encode_patches(x + pos)[:, self.net.num_prefix_tokens:]
         return self.head(tokens), dropped
 
@@ -62,8 +73,10 @@ class PositionProbe(DeviceLoggedModel):
             return {"loss": loss, "position_acc": (correct * weights).sum() / weights.sum()}
         if mode == "predict":
             logits, dropped = self.logits(images, self.val_generator)
-            targets = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
-            return [{"logits": logits[dropped].float(), "labels": targets[dropped]}]
+            positions = dropped_positions(dropped, self.num_dropped(logits.shape[1]))
+            picked = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+            # a patch's label is its position
+            return [{"logits": picked.flatten(0, 1).float(), "labels": positions.flatten()}]
         raise ValueError(f"mode={mode!r}; expected 'loss' or 'predict'")
 
 

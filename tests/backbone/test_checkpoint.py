@@ -140,6 +140,45 @@ def test_allowed_missing_policy(tmp_path, encoder):
         load_pretrained(classifier, path, allowed_missing=("head", "fc_norm"))
 
 
+def test_keys_the_model_cannot_take_are_an_error_naming_them(tmp_path):
+    """A deeper checkpoint must not load truncated into a shallower model, and the model stays untouched."""
+    torch.manual_seed(0)
+    path = tmp_path / "six_blocks.pth"
+    write_mae(build_vit("tiny", **{**TINY, "depth": 6}), path)
+    model = build_vit("tiny", **{**TINY, "depth": 4})
+    before = encoder_state(model)
+    with pytest.raises(CheckpointError, match=r"six_blocks\.pth: checkpoint keys the model has no place for \(24\): "
+                                              r"blocks\.4\.norm1\.weight, .*, \.\.\. \(a deeper"):
+        load_pretrained(model, path)
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in before.items())
+    state = torch.load(path, weights_only=True)["model"]
+    torch.save({"model": {**state, "blocks.3.attn.extra": torch.ones(2)}}, path)
+    with pytest.raises(CheckpointError, match=r"no place for \(1\): blocks\.3\.attn\.extra \("):
+        load_pretrained(build_vit("tiny", **{**TINY, "depth": 6}), path)
+
+
+def test_parts_a_model_is_built_without_may_be_left_unused(tmp_path, encoder):
+    """Pre-training decoder and mask token, head, fc_norm, [CLS], DeiT's distillation token, the final norm and
+    ViTDet's relative position tables."""
+    state = encoder_state(encoder)
+    pos = state["pos_embed"]
+    extras = {**state, **droppos_decoder(), "dist_token": torch.randn(1, 1, 192), "head.weight": torch.randn(5, 192),
+              "head_dist.weight": torch.randn(5, 192), "fc_norm.weight": torch.ones(192),
+              "pos_embed": torch.cat([pos[:, :1], torch.randn(1, 1, 192), pos[:, 1:]], dim=1),
+              "blocks.1.attn.rel_pos_h": torch.randn(27, 12), "blocks.1.attn.rel_pos_w": torch.randn(27, 12)}
+    path = tmp_path / "extras.pth"
+    torch.save({"model": extras}, path)
+    classifier = build_vit("tiny", **TINY, num_classes=10, global_pool="avg")  # no final norm: fc_norm instead
+    report = load_pretrained(classifier, path, allowed_missing=("head", "fc_norm"))
+    assert sorted(report.unexpected) == ["blocks.1.attn.rel_pos_h", "blocks.1.attn.rel_pos_w", "dist_token",
+                                         "norm.bias", "norm.weight"]
+    assert torch.equal(classifier.pos_embed, pos) and torch.equal(classifier.cls_token, encoder.cls_token)
+    dense = build_vit("tiny", **TINY, class_token=False, global_pool="", num_classes=0)  # UperNet style, no [CLS]
+    report = load_pretrained(dense, path)
+    assert {"cls_token", "dist_token", "norm.weight"} <= set(report.unexpected)
+    torch.testing.assert_close(dense.pos_embed, pos[:, 1:])
+
+
 def test_wrong_width_names_key_and_sizes(tmp_path, encoder):
     path = tmp_path / "tiny.pth"
     write_timm(encoder, path)

@@ -39,5 +39,11 @@ def test_paper_recipe_values():
         1024, 1e-3, 0.75, 100)
     assert (base.aug.mixup, base.aug.cutmix, base.aug.smoothing, base.aug.reprob) == (0.8, 1.0, 0.1, 0.25)
     assert (base.model.drop_path_rate, base.schedule.warmup_epochs) == (0.1, 5)
+    assert (base.optim.weight_decay, tuple(base.optim.betas), base.schedule.min_lr) == (0.05, (0.9, 0.999), 1e-6)
+    assert (base.aug.auto_augment, base.model.global_pool) == ("rand-m9-mstd0.5-inc1", "avg")
     large = load_config("finetune_vit_large_50ep", configs_dir=CONFIGS_DIR)
-    assert (large.model.size, large.schedule.epochs, large.model.drop_path_rate) == ("large", 50, 0.2)
+    assert (large.model.size, large.schedule.epochs, large.effective_batch) == ("large", 50, 1024)
+    assert (large.optim.weight_decay, tuple(large.optim.betas), large.aug.auto_augment) == (
+        0.05, (0.9, 0.999), "rand-m9-mstd0.5-inc1")
+    assert large.model.global_pool == "avg"
+    assert large.model.drop_path_rate == 0.2  # MAE's ViT-L value, not the paper table's 0.1 (see the config)

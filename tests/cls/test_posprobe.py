@@ -1,17 +1,23 @@
 """Position probe (paper Tab. 7): frozen backbone, dropped fraction, deterministic evaluation, learns."""
 import json
+import math
 
+import pytest
 import torch
 
 from backbone import build_vit, export_checkpoint
 from benchmarks.cli import main
 from benchmarks.synthetic import synthesize
-from cls.posprobe import PositionProbe
+from cls.finetune import CONFIGS_DIR
+from cls.posprobe import PositionProbe, build_posprobe_runner
+from engine import load_config
 
 
-def probe(drop_ratio=0.75):
+def probe(drop_ratio=0.75, class_token=True):
     torch.manual_seed(0)
-    return PositionProbe(build_vit("tiny", img_size=64, depth=2), drop_ratio, seed=0)
+    encoder = build_vit("tiny", img_size=64, depth=2, class_token=class_token,
+                        global_pool="token" if class_token else "avg")
+    return PositionProbe(encoder, drop_ratio, seed=0)
 
 
 def test_drops_the_configured_fraction_and_only_trains_token_and_head():
@@ -27,20 +33,33 @@ def test_drops_the_configured_fraction_and_only_trains_token_and_head():
     assert model.mask_pos_token.grad.abs().sum() > 0  # reaches the token through the frozen encoder
 
 
-def test_dropped_patches_carry_the_mask_token_and_the_rest_their_own_position():
-    model = probe(0.5)
+@pytest.mark.parametrize("class_token", [True, False])
+def test_dropped_patches_carry_the_mask_token_and_the_rest_their_own_position(class_token):
+    model = probe(0.5, class_token)
+    prefix = int(class_token)
     seen = {}
 
     def capture(x):
         seen["x"] = x
-        return torch.zeros(x.shape[0], 1 + x.shape[1], x.shape[2])
+        return torch.zeros(x.shape[0], prefix + x.shape[1], x.shape[2])
 
     model.net.encode_patches = capture
     images = torch.randn(2, 3, 64, 64)
-    _, dropped = model.logits(images, torch.Generator().manual_seed(1))
+    logits, dropped = model.logits(images, torch.Generator().manual_seed(1))
     patches = model.net.patch_embed(images).flatten(1, 2)
-    expected = torch.where(dropped.unsqueeze(-1), model.mask_pos_token, model.net.pos_embed[:, 1:])
+    expected = torch.where(dropped.unsqueeze(-1), model.mask_pos_token, model.net.pos_embed[:, prefix:])
     torch.testing.assert_close(seen["x"], patches + expected)
+    assert logits.shape == (2, 16, 16)
+
+
+def test_evaluation_scores_the_dropped_patches_as_boolean_indexing_would():
+    model = probe().eval()
+    images = torch.randn(3, 3, 64, 64)
+    logits, dropped = model.logits(images, torch.Generator().manual_seed(5))
+    model.val_generator = torch.Generator().manual_seed(5)
+    [out] = model(images, mode="predict")
+    targets = torch.arange(16).expand(3, -1)
+    assert torch.equal(out["logits"], logits[dropped]) and torch.equal(out["labels"], targets[dropped])
 
 
 def test_probe_learns_positions_above_chance(tmp_path):
@@ -55,3 +74,24 @@ def test_probe_learns_positions_above_chance(tmp_path):
     assert metrics["best"]["top1"] > 2 * chance, (
         f"probe top-1 {metrics['best']['top1']:.1f}% (chance {chance}%); this random-init ViT-Tiny reached 18.5% "
         "when the test was written (the rows are visible in the scenes: sky above, ground below)")
+
+
+def test_probes_a_fine_tuned_checkpoint(tmp_path, data):
+    """The classifier's head and fc_norm are dropped; the probed encoder is the fine-tuned one."""
+    finetuned = tmp_path / "finetune"
+    args = [f"data.root={data}", f"work_dir={finetuned}", "model.img_size=64", "batch_size=32", "effective_batch=32",
+            "schedule.epochs=1", "schedule.warmup_epochs=0"]
+    assert main(["cls", "finetune", "finetune_tiny_synth", *args]) == 0
+    ckpt = finetuned / "epoch_1.pth"
+    cfg = load_config("posprobe_tiny_synth", {
+        "ckpt": str(ckpt), "data.root": str(data), "work_dir": str(tmp_path / "probe"), "batch_size": 32,
+        "effective_batch": 32, "schedule.epochs": 1, "schedule.warmup_epochs": 0}, configs_dir=CONFIGS_DIR)
+    runner = build_posprobe_runner(cfg)
+    net = runner.model.net
+    assert isinstance(net.head, torch.nn.Identity) and isinstance(net.fc_norm, torch.nn.Identity)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert "net.fc_norm.weight" in state and "net.head.weight" in state
+    assert torch.equal(net.blocks[3].mlp.fc2.weight, state["net.blocks.3.mlp.fc2.weight"])
+    runner.train()
+    metrics = json.loads((tmp_path / "probe" / "metrics.json").read_text())["last"]
+    assert math.isfinite(metrics["top1"]) and 0 <= metrics["top1"] <= 100

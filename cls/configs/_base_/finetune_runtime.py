@@ -29,7 +29,8 @@ optim = dict(
     betas=(0.9, 0.999),
     clip_grad=None,
 )
-# Exponential moving average of the weights (mmengine's EMAHook): evaluation uses the average, and checkpoints
-# hold it under state_dict (the raw weights under ema_state_dict). Off in the paper's and MAE's recipes.
+# Exponential moving average of the weights (mmengine's EMAHook), updated once per optimizer step (`decay` is per
+# step, whatever the accumulation): evaluation uses the average, and checkpoints hold it under state_dict (the raw
+# weights under ema_state_dict). Off in the paper's and MAE's recipes.
 ema = dict(enabled=False, decay=0.9999)
 schedule = dict(epochs=100, warmup_epochs=5, warmup_iters=None, min_lr=1e-6)
