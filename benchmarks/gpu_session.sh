@@ -18,9 +18,10 @@ PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-if [ -d .whl ]; then
+WHEELS=${WHEELS-.whl}  # folder of wheels to install first (benchmarks/fetch_gpu_wheels.sh); empty: none
+if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl || exit 100
+        "$WHEELS"/*.whl || exit 100
     export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 

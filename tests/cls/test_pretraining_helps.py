@@ -16,7 +16,6 @@ import os
 import time
 
 import numpy as np
-import pytest
 
 from benchmarks.cli import main
 from benchmarks.synthetic.ramps import write_ramp_images
@@ -33,7 +32,6 @@ def args(overrides):
     return [f"{key}={value}" for key, value in overrides.items()]
 
 
-@pytest.mark.slow
 def test_droppos_pretraining_beats_random_init_with_few_labels(tmp_path):
     """Measured when written (about 1.5 min on one core), final val top-1 after 80 fine-tuning steps, DropPos init vs
     random init (%, chance 25): seed 0 98.4 vs 46.9, seed 1 99.2 vs 51.6, seed 2 99.2 vs 43.0, seed 3 100.0 vs 36.7,
