@@ -214,13 +214,17 @@ class VisionTransformer(nn.Module):
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
+        self.init_pos_embed(pos_embed)
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=2e-5)
+
+    def init_pos_embed(self, pos_embed: str) -> None:
+        """The table on `grid_size`: fixed sin-cos, or trunc-normal (std 0.02) for a learned one."""
         with torch.no_grad():
             if pos_embed == "sincos":
                 self.pos_embed.copy_(sincos_2d_pos_embed(self.embed_dim, self.grid_size, self.num_prefix_tokens))
             else:
                 trunc_normal_(self.pos_embed, std=0.02)
-        if isinstance(self.head, nn.Linear):
-            trunc_normal_(self.head.weight, std=2e-5)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward to trade compute for memory (timm's API name)."""

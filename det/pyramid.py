@@ -6,10 +6,10 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, trunc_normal_
+from timm.layers import LayerNorm2d
 from torch import nn
 
-from backbone import VIT_SIZES, VisionTransformer, build_vit, sincos_2d_pos_embed
+from backbone import VIT_SIZES, VisionTransformer, build_vit
 
 LEVEL_NAMES = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
@@ -79,12 +79,9 @@ class ViTDetViT(VisionTransformer):
             raise ValueError(f"pretrain_img_size {pretrain_img_size} is not a multiple of patch_size {patch}")
         self.config["pretrain_img_size"] = pretrain_img_size
         self.grid_size = (pretrain_img_size // patch, pretrain_img_size // patch)
-        table = torch.zeros(1, self.grid_size[0] * self.grid_size[1], self.embed_dim)
-        if self.config["pos_embed"] == "sincos":
-            table = sincos_2d_pos_embed(self.embed_dim, self.grid_size, 0)
-        else:
-            trunc_normal_(table, std=0.02)
+        table = torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], self.embed_dim)
         self.pos_embed = nn.Parameter(table, requires_grad=self.config["pos_embed_trainable"])
+        self.init_pos_embed(self.config["pos_embed"])
 
 
 class ViTDetBackbone(nn.Module):
