@@ -1,12 +1,14 @@
 """Reading pre-trained ViT checkpoints of every supported release format, safely.
 
-One place for checkpoint adaptation (as timm does it): read the file with `weights_only=True` or
-safetensors, recognise its format, unwrap it, strip prefixes, and hand back a flat encoder state dict.
-Fitting that state dict to a model lives in `checkpoint_load.py`.
+One place for checkpoint adaptation (as timm does it): read the file with `weights_only=True`, safetensors, or (for
+detectron2's pickled model-zoo files) an unpickler that rebuilds numpy arrays and nothing else, recognise its format,
+unwrap it, strip prefixes, and hand back a flat encoder state dict. Fitting that state dict to a model lives in
+`checkpoint_load.py`.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import pickle
@@ -14,17 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 OURS_TAG = "droppos-bench"
-FORMATS = ("droppos", "mae", "timm", "mocov3", "ours", "state_dict")
+FORMATS = ("droppos", "mae", "timm", "mocov3", "detectron2", "ours", "state_dict")
 FORMAT_HELP = {
     "droppos": "authors' DropPos release: {'state_dict': DDP state dict with 'module.' prefixes, 'model': arch name}",
     "mae": "MAE / DeiT release: {'model': state dict}",
     "timm": "flat state dict (timm, .pth or .safetensors)",
     "mocov3": "MoCo v3 release: {'state_dict': {'module.base_encoder.*', 'module.momentum_encoder.*', ...}}",
+    "detectron2": "detectron2 ViTDet (.pth, or a model-zoo .pkl of numpy arrays): {'model': {'backbone.net.*', ...}}",
     "ours": "droppos-bench .safetensors with json metadata",
     "state_dict": "any other {'state_dict': ...} wrapper (mmengine runs, ours included, DDP)",
 }
@@ -33,6 +37,15 @@ DECODER_KEYS = ("decoder", "mask_token", "mask_pos_token")
 HEAD_KEYS = ("head", "fc_norm")
 # Plain records that MAE / DeiT training scripts store beside the weights; safe to rebuild.
 SAFE_EXTRA_GLOBALS = [argparse.Namespace]
+# What a pickle of numpy arrays in plain containers names (detectron2's model-zoo .pkl files), under numpy 1's and
+# numpy 2's module names; `_codecs.encode` turns the latin-1 strings of protocol-2 pickles back into bytes, and
+# protocol 5 rebuilds arrays with `_frombuffer`.
+PICKLE_ARRAY_GLOBALS = {
+    **{(f"{core}.{module}", name): (f"numpy._core.{module}", name) for core in ("numpy.core", "numpy._core")
+       for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))},
+    ("numpy", "ndarray"): ("numpy", "ndarray"), ("numpy", "dtype"): ("numpy", "dtype"),
+    ("collections", "OrderedDict"): ("collections", "OrderedDict"), ("_codecs", "encode"): ("_codecs", "encode"),
+}
 
 
 class CheckpointError(ValueError):
@@ -49,11 +62,52 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays in plain containers and nothing else: a pickle that names any other global (a function
+    it would call) is refused before anything in it runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PICKLE_ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name}")
+        module, name = PICKLE_ARRAY_GLOBALS[module, name]
+        return getattr(importlib.import_module(module), name)
+
+
+def arrays_to_tensors(obj: Any) -> Any:
+    """Numpy arrays (also inside dicts) as CPU tensors; everything else unchanged."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj)
+    if isinstance(obj, dict):
+        return {key: arrays_to_tensors(value) for key, value in obj.items()}
+    return obj
+
+
+def load_pickle_safely(path: Path, allow_pickle: bool = False) -> Any:
+    """A plain pickle (.pkl, detectron2's model zoo) of numpy arrays, as tensors; other globals need `allow_pickle`."""
+    try:
+        with path.open("rb") as handle:
+            if allow_pickle:
+                return arrays_to_tensors(pickle.load(handle, encoding="latin1"))
+            return arrays_to_tensors(ArrayUnpickler(handle, encoding="latin1").load())
+    except pickle.UnpicklingError as err:
+        if not str(err).startswith("global "):
+            raise CheckpointError(f"{path}: cannot unpickle ({err}); the file may be truncated") from err
+        raise CheckpointError(
+            f"{path}: refusing to load: it names the Python {err}, beyond numpy arrays and plain containers. "
+            "Loading it would run code from the file. If you trust its source, pass --allow-pickle "
+            "(Python: allow_pickle=True).") from err
+    except (EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise CheckpointError(f"{path}: cannot read as a pickle of arrays ({type(err).__name__}: {err}); the file "
+                              "may be truncated or not a checkpoint") from err
+
+
 def load_file_safely(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[Any, dict[str, str]]:
-    """Load a .safetensors or torch file; returns (object, safetensors header metadata or {})."""
+    """Load a .safetensors, .pkl or torch file; returns (object, safetensors header metadata or {})."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".pkl":
+        return load_pickle_safely(path, allow_pickle), {}
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -104,7 +158,10 @@ def detect_format(obj: Any, file_meta: dict[str, str]) -> str:
         if isinstance(obj.get("model"), str) or any(k.endswith("mask_pos_token") for k in state):
             return "droppos"
         return "state_dict"
-    if isinstance(obj.get("model"), dict):
+    model = obj.get("model")
+    if isinstance(model, dict) and any(str(k).startswith("backbone.net.") for k in model):
+        return "detectron2"
+    if isinstance(model, dict):
         return "mae"
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return "timm"
@@ -120,7 +177,8 @@ def _run_meta(obj: dict) -> dict[str, Any]:
 
 
 def _unwrap(obj: Any, fmt: str) -> dict[str, Any]:
-    wrapper = {"mae": "model", "droppos": "state_dict", "mocov3": "state_dict", "state_dict": "state_dict"}.get(fmt)
+    wrapper = {"mae": "model", "detectron2": "model", "droppos": "state_dict", "mocov3": "state_dict",
+               "state_dict": "state_dict"}.get(fmt)
     if wrapper is None:
         return obj
     if not isinstance(obj, dict) or not isinstance(obj.get(wrapper), dict):
@@ -150,7 +208,8 @@ def read_checkpoint(
     """Read any supported checkpoint into a flat encoder state dict.
 
     DDP's 'module.' prefix is always stripped; `prefix` then selects a sub-module (default: the format's
-    encoder, e.g. 'base_encoder.' for MoCo v3). A training run's work dir stands for its last checkpoint.
+    encoder, e.g. 'base_encoder.' for MoCo v3, 'backbone.net.' for detectron2; '' keeps every key). A training
+    run's work dir stands for its last checkpoint.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise CheckpointError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
@@ -165,7 +224,8 @@ def read_checkpoint(
     while state and all(k.startswith("module.") for k in state):
         state = strip_prefix(state, "module.")
     run_meta = _run_meta(obj) if fmt == "state_dict" else {}
-    default_prefix = {"mocov3": "base_encoder."}.get(fmt, run_meta.get("model_prefix", ""))
+    encoder_prefix = {"mocov3": "base_encoder.", "detectron2": "backbone.net."}
+    default_prefix = encoder_prefix.get(fmt, run_meta.get("model_prefix", ""))
     prefix = default_prefix if prefix is None else prefix
     state = {k: v for k, v in strip_prefix(state, prefix).items() if isinstance(v, torch.Tensor)}
     if not state:

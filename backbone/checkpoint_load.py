@@ -16,6 +16,7 @@ from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint, split_pretraining_keys
 from .pos_embed import Grid, resample_pos_embed
 from .vit import VIT_SIZES, VisionTransformer
+from .vitdet import ViTDetViT
 
 # Checkpoint parts a model may be built without, left unused by design (first or last key component): [CLS] (ViTDet
 # backbones have none), DeiT's distillation token (our ViT never has one; the pos-embed resampling drops its slot),
@@ -68,7 +69,8 @@ def pos_embed_layout(length: int, has_cls_token: bool) -> tuple[int, Grid]:
 
 
 def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = None) -> dict[str, Any]:
-    """Constructor arguments of the ViT encoder that `state` belongs to (heads from the width if not given)."""
+    """Constructor arguments of the ViT encoder that `state` belongs to (heads from the width if not given); a state
+    with ViTDet's relative-position tables describes a ViTDet ViT (see `vitdet_options`)."""
     try:
         proj = state["patch_embed.proj.weight"]
         width, in_chans, patch, _ = proj.shape
@@ -76,27 +78,64 @@ def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
         mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / width
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"not a ViT encoder state dict: missing {err}") from None
+    vitdet = "blocks.0.attn.rel_pos_h" in state
     table = state.get("blocks.0.attn.relative_position_bias_table")
     if num_heads is None and table is not None:
         num_heads = table.shape[1]  # one column per head
+    if num_heads is None and vitdet:
+        num_heads = width // state["blocks.0.attn.rel_pos_h"].shape[1]  # one column per channel of a head
     if num_heads is None:
         name = size_name(width)
         if name is None:
             raise CheckpointError(f"width {width} matches no named ViT size; give the number of heads")
         num_heads = VIT_SIZES[name]["num_heads"]
-    class_token = "cls_token" in state
+    class_token = "cls_token" in state and not vitdet
     config: dict[str, Any] = dict(
         patch_size=patch, in_chans=in_chans, embed_dim=width, depth=depth, num_heads=num_heads,
         mlp_ratio=mlp_ratio, qkv_bias="blocks.0.attn.qkv.bias" in state, class_token=class_token,
         global_pool=_global_pool(state, class_token),
         **extension_options(state),
     )
+    pos_grid = None
     if "pos_embed" in state:
-        _, grid = pos_embed_layout(state["pos_embed"].shape[1], class_token)
-        config["img_size"] = [grid[0] * patch, grid[1] * patch]
+        _, pos_grid = pos_embed_layout(state["pos_embed"].shape[1], class_token)
+        config["img_size"] = [pos_grid[0] * patch, pos_grid[1] * patch]
+    if vitdet:
+        config.update(vitdet_options(state, patch, depth, pos_grid))
     if "head.weight" in state and state["head.weight"].ndim == 2:
         config["num_classes"] = state["head.weight"].shape[0]
     return config
+
+
+def vitdet_options(state: dict[str, torch.Tensor], patch: int, depth: int, pos_grid: Grid | None) -> dict[str, Any]:
+    """ViTDet's window size, global blocks and input size, read from its relative-position tables: a window
+    block's tables have 2 x window - 1 rows, a global block's 2 x grid - 1, the most (windows are smaller than the
+    grid, as in every ViTDet). A pos embed on another grid than the input's is ViTDet's table on the pre-training
+    grid (`pretrain_img_size`, resized every forward)."""
+    try:
+        rows = [(state[f"blocks.{i}.attn.rel_pos_h"].shape[0], state[f"blocks.{i}.attn.rel_pos_w"].shape[0])
+                for i in range(depth)]
+    except KeyError as err:
+        raise CheckpointError(f"ViTDet relative position tables in some blocks but not all: missing {err}") from None
+    global_rows = max(rows)
+    windows = {r for r in rows if r != global_rows}
+    if len(windows) > 1 or any(h != w for h, w in windows):
+        raise CheckpointError(f"ViTDet relative position tables of rows {sorted(set(rows))}: expected square windows "
+                              "of one size and the global grid")
+    window = (next(iter(windows))[0] + 1) // 2 if windows else 0  # no window tables: every block is global
+    config: dict[str, Any] = dict(
+        class_token=False, global_pool="", use_rel_pos=True, img_size=[(n + 1) // 2 * patch for n in global_rows],
+        window_size=window, global_blocks=[i for i, r in enumerate(rows) if r == global_rows] if window else [])
+    if pos_grid is not None and [side * patch for side in pos_grid] != config["img_size"]:
+        config["pretrain_img_size"] = pos_grid[0] * patch
+    return config
+
+
+def vit_from_config(config: dict[str, Any]) -> VisionTransformer:
+    """The ViT a stored config describes, of its own family: ViTDet's (pos embed on the pre-training grid) when
+    the config names a `pretrain_img_size`, our plain ViT otherwise."""
+    model_class = ViTDetViT if "pretrain_img_size" in config else VisionTransformer
+    return model_class(**config)
 
 
 def extension_options(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -195,7 +234,8 @@ def load_pretrained(
     src_grid = None
     if ckpt.format == "ours" and "img_size" in ckpt.meta.get("vit_config", {}):
         config = ckpt.meta["vit_config"]
-        src_grid = tuple(s // config["patch_size"] for s in config["img_size"])
+        size = config.get("pretrain_img_size") or config["img_size"]  # ViTDet's table is on the pre-training grid
+        src_grid = tuple(s // config["patch_size"] for s in ((size, size) if isinstance(size, int) else size))
     try:
         state, notes = adapt_state_dict(state, model, src_grid)
     except CheckpointError as err:
@@ -238,6 +278,6 @@ def load_model(
     if not keep_head:
         config["num_classes"] = 0
     config.update(overrides)
-    model = VisionTransformer(**config)
+    model = vit_from_config(config)
     return model, load_pretrained(model, ckpt, drop_head=not keep_head)
 

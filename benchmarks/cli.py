@@ -27,7 +27,27 @@ def run_synth(args: argparse.Namespace) -> None:
     log.info("wrote %d synthetic scenes (%s) to %s", args.images, summary["splits"], args.out)
 
 
+def convert_whole_detector(args: argparse.Namespace) -> bool:
+    """`convert SRC OUT --to detectron2` of a whole detector (a det train checkpoint or a detectron2 file) writes the
+    whole detector in detectron2's layout; False for an encoder, or when --prefix selects a part."""
+    if args.to != "detectron2" or args.prefix is not None:
+        return False
+    from det.checkpoint import read_detector, save_detectron2  # the detection stack loads only when needed
+
+    state = read_detector(args.src, args.format, args.allow_pickle)
+    if state is None:
+        return False
+    if args.img_size is not None:
+        raise ValueError(f"{args.src}: --img-size resamples an encoder; a whole detector is written as it is "
+                         "(--prefix backbone.net. converts its ViT alone)")
+    path = save_detectron2(state, args.out)
+    print(f"wrote {path} (detectron2 layout, the whole detector: {len(state)} tensors)")
+    return True
+
+
 def run_convert(args: argparse.Namespace) -> None:
+    if convert_whole_detector(args):
+        return
     overrides = {k: v for k, v in (("img_size", args.img_size), ("num_heads", args.num_heads)) if v is not None}
     model, report = load_model(args.src, fmt=args.format, prefix=args.prefix, allow_pickle=args.allow_pickle,
                                keep_head=args.keep_head, **overrides)
@@ -117,11 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=run_synth)
 
     convert = sub.add_parser("convert", help="read a checkpoint of any supported format, report, and rewrite it")
-    convert.add_argument("src", type=Path, help=".pth / .pth.tar / .safetensors checkpoint")
+    convert.add_argument("src", type=Path, help=".pth / .pth.tar / .safetensors / .pkl (detectron2) checkpoint")
     convert.add_argument("out", type=Path, help="output file (.safetensors for --to ours)")
     convert.add_argument("--from", dest="format", default="auto", choices=("auto",) + FORMATS,
                          help="source format (default: detect)")
-    convert.add_argument("--to", default="ours", choices=LAYOUTS, help="output key layout")
+    convert.add_argument("--to", default="ours", choices=LAYOUTS,
+                         help="output key layout (detectron2 writes a whole detector whole, other files' encoder)")
     convert.add_argument("--prefix", help="keep only keys under this prefix, stripped (e.g. 'encoder.')")
     convert.add_argument("--img-size", type=int, help="resample the pos embed to this input size")
     convert.add_argument("--num-heads", type=int, help="attention heads, for widths that match no named size")

@@ -3,7 +3,8 @@ resize, and the batch collation.
 
 Every transform takes and returns an image and its target as tv_tensors (Image; BoundingBoxes, labels, Mask), so
 torchvision's v2 ops move boxes and masks with the pixels, and also returns the meta entries it decides
-(`image_size`: the valid, unpadded region at the top-left; `scale`: resized / original size).
+(`image_size`: the valid, unpadded region at the top-left; `scale`: resized / original size, before the resized
+sides are rounded to whole pixels).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from mmengine.logging import print_log
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools import mask as mask_api
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -58,8 +59,20 @@ def lsj_transform(size: int, scale_range: tuple[float, float] = (0.1, 2.0)) -> T
 
 
 def eval_transform(size: int) -> Transform:
-    """ViTDet's test-time resize: the longer side to `size`, then pad bottom/right to size x size."""
+    """ViTDet's test-time resize (detectron2's ResizeShortestEdge(size, max_size=size): the longer side to `size`,
+    the sides rounded half up, PIL's bilinear filter), then pad bottom/right to size x size."""
     return partial(_fit_and_pad, size=size)
+
+
+def fitted_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after ViTDet's test-time resize, computed as detectron2 does: the shorter side to `size`,
+    then both scaled down so that the longer one is `size`, each rounded half up."""
+    scale = size / min(height, width)
+    new_height, new_width = (size, scale * width) if height < width else (scale * height, size)
+    if max(new_height, new_width) > size:
+        scale = size / max(new_height, new_width)
+        new_height, new_width = new_height * scale, new_width * scale
+    return int(new_height + 0.5), int(new_width + 0.5)
 
 
 def _lsj(image: tv_tensors.Image, target: Target, size: int,
@@ -76,11 +89,12 @@ def _lsj(image: tv_tensors.Image, target: Target, size: int,
 
 
 def _fit_and_pad(image: tv_tensors.Image, target: Target, size: int) -> tuple[tv_tensors.Image, Target, dict]:
-    scale = size / max(image.shape[-2:])
-    image, target = _resize(image, target, scale)
-    image_size = tuple(image.shape[-2:])
-    image, target = _pad(image, target, size)
-    return image, target, {"image_size": image_size, "scale": scale}
+    height, width = image.shape[-2:]
+    new_size = fitted_size(height, width, size)
+    # a PIL image, so that v2.Resize filters it with PIL's bilinear resampling, as detectron2 resizes test images
+    resized, target = v2.Resize(new_size)(F.to_pil_image(image), target)
+    image, target = _pad(tv_tensors.Image(F.pil_to_tensor(resized)), target, size)
+    return image, target, {"image_size": new_size, "scale": size / max(height, width)}
 
 
 def _resize(image: tv_tensors.Image, target: Target, scale: float) -> tuple[tv_tensors.Image, Target]:
@@ -311,9 +325,10 @@ def _annotation_problem(annotation: dict, required: tuple[str, ...], image_ids: 
 
 
 def _read_rgb(path: Path) -> tv_tensors.Image:
+    """The image upright as its EXIF orientation says (as detectron2 and OpenCV read images), in RGB."""
     try:
         with Image.open(path) as image:
-            return tv_tensors.Image(F.pil_to_tensor(image.convert("RGB")))
+            return tv_tensors.Image(F.pil_to_tensor(ImageOps.exif_transpose(image).convert("RGB")))
     except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise UnreadableImageError(f"{path}: unreadable image ({error}); replace or remove it, "
                                    f"{SKIP_HINT.format('images')}") from error

@@ -11,8 +11,9 @@ from tqdm import tqdm
 
 from backbone.safe_io import write_json_atomic
 from engine import check_gpu, load_config
-from engine.runner import default_eval_dir, load_trained_model, require_one_process
+from engine.runner import default_eval_dir, require_one_process
 
+from .checkpoint import load_detector
 from .coco_metric import CocoMetric
 from .data import collate
 from .model import ViTDetMaskRCNN
@@ -31,15 +32,16 @@ def evaluate_detector(model: ViTDetMaskRCNN, loader: DataLoader, metric: CocoMet
 
 
 def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Evaluate `ckpt` (written by det train) per `config`; returns the metrics.json path."""
+    """Evaluate `ckpt` (written by det train, or a detectron2 ViTDet Mask R-CNN file) per `config`; returns the
+    metrics.json path."""
     require_one_process("det eval")
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
     check_gpu(cfg)
     if not cfg.ckpt:
-        raise ValueError("det eval needs ckpt=PATH: a detector checkpoint written by det train")
+        raise ValueError("det eval needs ckpt=PATH: a detector checkpoint written by det train or detectron2")
     val = coco_dataset(cfg, "val")
     model = build_detector(cfg, len(val.category_ids), pretrained=False)
-    load_trained_model(model, cfg.ckpt, "det train", cfg.allow_pickle)
+    load_detector(model, cfg.ckpt, cfg.allow_pickle)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     out_dir = default_eval_dir(cfg)

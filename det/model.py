@@ -1,9 +1,12 @@
 """ViTDet's Mask R-CNN composed from torchvision's detection parts, as a model for mmengine's Runner.
 
-torchvision provides the anchor generator, RPN, proposal matching and sampling, box coding and NMS; ViTDet's
-choices are set on top: the simple feature pyramid over a plain ViT (det.pyramid), a 2-conv RPN head, a
-4conv+1fc box head and a 4-conv mask head with LayerNorm, aligned RoIAlign (det.pooler), L1 box losses
-(torchvision's are smooth L1 with beta 1/9) and mask targets cropped with aligned RoIAlign (torchvision's are not).
+torchvision provides the RPN, proposal matching and sampling, box coding and NMS; ViTDet's choices are set on
+top: the simple feature pyramid over a plain ViT (det.pyramid), unrounded anchors at fixed strides
+(det.anchors), a 2-conv RPN head, a 4conv+1fc box head and a 4-conv mask head with LayerNorm, aligned RoIAlign
+with detectron2's level assignment (det.pooler), L1 box losses (torchvision's are smooth L1 with beta 1/9), mask
+targets cropped with aligned RoIAlign (torchvision's are not), and detectron2's inference: proposals ranked by
+their objectness logit, no minimum size for final detections, boxes rescaled per axis. With the same weights it
+gives detectron2's detections (see the README's list of what was compared).
 """
 from __future__ import annotations
 
@@ -14,17 +17,17 @@ import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 
 from engine.hooks import DeviceLoggedModel
 
+from .anchors import ViTDetAnchorGenerator
 from .data import MEAN_RGB
 from .paste import paste_masks
 from .pooler import AlignedMultiScaleRoIAlign
@@ -34,9 +37,12 @@ STD_RGB = (58.395, 57.12, 57.375)  # ImageNet statistics in 0-255, as ViTDet nor
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
-class L1RegionProposalNetwork(RegionProposalNetwork):
-    """torchvision's RPN with detectron2's losses: L1 on the deltas of the sampled positives, and both losses
-    summed over the sampled anchors and divided by batch_size_per_image x images (detectron2's normaliser)."""
+class ViTDetRPN(RegionProposalNetwork):
+    """torchvision's RPN with detectron2's losses and proposal selection.
+
+    Losses: L1 on the deltas of the sampled positives, and both losses summed over the sampled anchors and divided
+    by batch_size_per_image x images (detectron2's normaliser). Proposals: see `filter_proposals`.
+    """
 
     def compute_loss(self, objectness: torch.Tensor, pred_bbox_deltas: torch.Tensor, labels: list[torch.Tensor],
                      regression_targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +55,34 @@ class L1RegionProposalNetwork(RegionProposalNetwork):
         objectness_loss = F.binary_cross_entropy_with_logits(
             objectness.flatten()[sampled].float(), torch.cat(labels)[sampled], reduction="sum") / normaliser
         return objectness_loss, box_loss
+
+    def filter_proposals(self, proposals: torch.Tensor, objectness: torch.Tensor,
+                         image_shapes: list[tuple[int, int]], num_anchors_per_level: list[int],
+                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per image, the best pre_nms_top_n proposals of each level by objectness logit, clipped, those with a
+        non-finite value or no area left out, NMS per level, the best post_nms_top_n kept (detectron2's
+        find_top_rpn_proposals). torchvision ranks by sigmoid(logit), which is exactly 1.0 in float32 above a
+        logit of about 17, so confident proposals tie and the levels they come from are chosen arbitrarily."""
+        logits = objectness.detach().reshape(len(proposals), -1)
+        top, levels, start = [], [], 0
+        for level, count in enumerate(num_anchors_per_level):
+            best = logits[:, start:start + count].topk(min(count, self.pre_nms_top_n()), dim=1).indices
+            top.append(best + start)
+            levels.append(torch.full((best.shape[1],), level, dtype=torch.int64, device=logits.device))
+            start += count
+        top, levels = torch.cat(top, dim=1), torch.cat(levels)
+        rows = torch.arange(len(proposals), device=logits.device)[:, None]
+        boxes_per_image, logits_per_image = proposals[rows, top], logits[rows, top]
+        final_boxes, final_scores = [], []
+        for boxes, scores, shape in zip(boxes_per_image, logits_per_image, image_shapes, strict=True):
+            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            keep = torch.where(finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0]
+            boxes, scores = boxes[keep], scores[keep]
+            keep = box_ops.batched_nms(boxes, scores, levels[keep], self.nms_thresh)[:self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(scores[keep])
+        return final_boxes, final_scores
 
 
 class Float32RPNHead(RPNHead):
@@ -97,9 +131,26 @@ def mask_loss(mask_logits: torch.Tensor, boxes: list[torch.Tensor], gt_masks: li
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
+def detect(class_logits: torch.Tensor, boxes: torch.Tensor, image_shape: tuple[int, int], score_thresh: float,
+           nms_thresh: float, max_detections: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Final detections of one image from its proposals' class logits (R, C + 1) and decoded boxes (R, C + 1, 4),
+    background first: every (proposal, class) pair scoring above `score_thresh`, boxes clipped, NMS per class,
+    the best `max_detections` kept; (boxes, scores, labels 1..C). As detectron2's fast_rcnn_inference: proposals
+    with a non-finite value are left out, and boxes that clipping leaves empty are kept (torchvision drops boxes
+    under 0.01 px before NMS; detectron2 drops only boxes of no area, after rescaling, see to_original_image)."""
+    scores = F.softmax(class_logits, dim=-1)
+    finite = torch.where(torch.isfinite(boxes).all(dim=(1, 2)) & torch.isfinite(scores).all(dim=1))[0]
+    boxes = box_ops.clip_boxes_to_image(boxes[finite, 1:], image_shape)
+    scores = scores[finite, 1:]
+    candidate, label = torch.where(scores > score_thresh)
+    boxes, scores = boxes[candidate, label], scores[candidate, label]
+    keep = box_ops.batched_nms(boxes, scores, label, nms_thresh)[:max_detections]
+    return boxes[keep], scores[keep], label[keep] + 1
+
+
 class ViTDetRoIHeads(RoIHeads):
-    """torchvision's RoIHeads (proposal sampling, box decoding, NMS and mask inference) with the L1 box loss and
-    the aligned mask targets; box and mask branches only."""
+    """torchvision's RoIHeads (proposal sampling and box coding) with the L1 box loss, the aligned mask targets and
+    detectron2's inference (`detect`); box and mask branches only."""
 
     def forward(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]], targets: list[dict[str, torch.Tensor]] | None = None,
@@ -109,11 +160,7 @@ class ViTDetRoIHeads(RoIHeads):
         class_logits, box_regression = (t.float() for t in self.box_predictor(  # float32 box decoding, as the RPN
             self.box_head(self.box_roi_pool(features, proposals, image_shapes))))
         if not self.training:
-            boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals,
-                                                                image_shapes)
-            mask_probs = maskrcnn_inference(self._mask_logits(features, boxes, image_shapes), labels)
-            return [dict(boxes=b, scores=s, labels=c, masks=m)
-                    for b, s, c, m in zip(boxes, scores, labels, mask_probs, strict=True)], {}
+            return self._detections(features, proposals, image_shapes, class_logits, box_regression), {}
         losses = box_losses(class_logits, box_regression, labels, regression_targets)
         positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
         mask_proposals = [p[keep] for p, keep in zip(proposals, positive, strict=True)]
@@ -122,6 +169,23 @@ class ViTDetRoIHeads(RoIHeads):
             [t["masks"] for t in targets], [t["labels"] for t in targets],
             [m[keep] for m, keep in zip(matched, positive, strict=True)])
         return [], losses
+
+    def _detections(self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                    image_shapes: list[tuple[int, int]], class_logits: torch.Tensor,
+                    box_regression: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per image: boxes, scores, labels and (N, 1, M, M) mask probabilities of the predicted class."""
+        counts = [len(p) for p in proposals]
+        decoded = self.box_coder.decode(box_regression, proposals).split(counts)
+        detections = [dict(zip(("boxes", "scores", "labels"), detect(
+            logits, boxes, shape, self.score_thresh, self.nms_thresh, self.detections_per_img), strict=True))
+            for logits, boxes, shape in zip(class_logits.split(counts), decoded, image_shapes, strict=True)]
+        boxes = [d["boxes"] for d in detections]
+        labels = torch.cat([d["labels"] for d in detections])
+        mask_logits = self._mask_logits(features, boxes, image_shapes)
+        probs = mask_logits[torch.arange(len(labels), device=labels.device), labels][:, None].sigmoid()
+        for detection, image_probs in zip(detections, probs.split([len(b) for b in boxes]), strict=True):
+            detection["masks"] = image_probs
+        return detections
 
     def _mask_logits(self, features: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                      image_shapes: list[tuple[int, int]]) -> torch.Tensor:
@@ -161,23 +225,39 @@ class ViTDetMaskRCNN(DeviceLoggedModel):
 
     def _run(self, images: torch.Tensor, metas: list[dict[str, Any]],
              targets: list[dict[str, torch.Tensor]] | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:
-        pixels = (images.float() - self.mean) / self.std
         image_sizes = [tuple(int(v) for v in m["image_size"]) for m in metas]
+        pixels = self.normalise(images, image_sizes)
         features = self.backbone(pixels)
-        # float32 features for the RPN: torchvision makes its anchors in their dtype (bf16 would round corners)
-        proposals, rpn_losses = self.rpn(ImageList(pixels, image_sizes), {k: v.float() for k, v in features.items()},
-                                         targets)
+        proposals, rpn_losses = self.rpn(ImageList(pixels, image_sizes), features, targets)
         detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
         return detections, {"loss_rpn_cls": rpn_losses.get("loss_objectness"),
                              "loss_rpn_loc": rpn_losses.get("loss_rpn_box_reg"), **head_losses}
 
+    def normalise(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+        """Float pixels standardised with ViTDet's mean and std, zero outside each image's valid region, as
+        detectron2 pads its normalised images with zeros."""
+        pixels = (images.float() - self.mean) / self.std
+        heights, widths = torch.tensor(image_sizes, device=images.device).unbind(dim=1)
+        rows = torch.arange(images.shape[-2], device=images.device) < heights[:, None]
+        columns = torch.arange(images.shape[-1], device=images.device) < widths[:, None]
+        return pixels * (rows[:, None, :, None] & columns[:, None, None, :])
+
 
 def to_original_image(detection: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """Boxes divided by the resize scale and clipped, masks pasted at the original size, labels 0..C-1."""
+    """Detections in the original image's pixels, as detectron2's detector_postprocess: boxes scaled by original /
+    resized size per axis (the resized sides are rounded separately) and clipped, boxes left without area
+    dropped, masks pasted at the original size; labels 0..C-1."""
     height, width = (int(v) for v in meta["orig_size"])
-    boxes = box_ops.clip_boxes_to_image(detection["boxes"].float() / meta["scale"], (height, width))
-    return dict(image_id=int(meta["image_id"]), boxes=boxes, scores=detection["scores"].float(),
-                labels=detection["labels"] - 1, masks=paste_masks(detection["masks"][:, 0], boxes, height, width))
+    resized_height, resized_width = (int(v) for v in meta["image_size"])
+    boxes = detection["boxes"].float().clone()
+    boxes[:, 0::2] *= width / resized_width
+    boxes[:, 1::2] *= height / resized_height
+    boxes = box_ops.clip_boxes_to_image(boxes, (height, width))
+    keep = torch.where((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))[0]
+    boxes = boxes[keep]
+    return dict(image_id=int(meta["image_id"]), boxes=boxes, scores=detection["scores"][keep].float(),
+                labels=detection["labels"][keep] - 1,
+                masks=paste_masks(detection["masks"][keep, 0], boxes, height, width))
 
 
 def build_mask_rcnn(num_classes: int, size: str, img_size: int = 1024, head_channels: int = 256,
@@ -196,8 +276,8 @@ def build_mask_rcnn(num_classes: int, size: str, img_size: int = 1024, head_chan
     levels = (*LEVEL_NAMES, "p6")
     if len(anchor_sizes) != len(levels):
         raise ValueError(f"anchor_sizes needs one size per pyramid level {levels}, got {list(anchor_sizes)}")
-    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (ASPECT_RATIOS,) * len(levels))
-    rpn = L1RegionProposalNetwork(
+    anchors = ViTDetAnchorGenerator(anchor_sizes, ASPECT_RATIOS, (*STRIDES, 2 * STRIDES[-1]))
+    rpn = ViTDetRPN(
         anchors, Float32RPNHead(channels, len(ASPECT_RATIOS), conv_depth=2), fg_iou_thresh=0.7, bg_iou_thresh=0.3,
         batch_size_per_image=256, positive_fraction=0.5, pre_nms_top_n=dict(training=2000, testing=1000),
         post_nms_top_n=dict(training=1000, testing=1000), nms_thresh=0.7)
@@ -212,9 +292,17 @@ def build_mask_rcnn(num_classes: int, size: str, img_size: int = 1024, head_chan
         mask_roi_pool=AlignedMultiScaleRoIAlign(LEVEL_NAMES, 14, strides=STRIDES),
         mask_head=MaskRCNNHeads(channels, [head_channels] * 4, 1, norm_layer=LayerNorm2d),
         mask_predictor=mask_predictor)
-    # detectron2's predictor initialisation: near-zero outputs at the start
+    # detectron2's initialisation where torchvision's differs: the box head's fc as c2_xavier_fill, the mask deconv's
+    # bias zero (c2_msra_fill), the predictors near-zero outputs at the start
+    box_fc = roi_heads.box_head[-2]
+    nn.init.kaiming_uniform_(box_fc.weight, a=1)
+    nn.init.zeros_(box_fc.bias)
+    nn.init.zeros_(mask_predictor.conv5_mask.bias)
     for layer, std in ((box_predictor.cls_score, 0.01), (box_predictor.bbox_pred, 0.001),
                        (mask_predictor.mask_fcn_logits, 0.001)):
         nn.init.normal_(layer.weight, std=std)
         nn.init.zeros_(layer.bias)
+    with torch.no_grad():  # torchvision's background box deltas and mask logits, which nothing reads or trains: zero,
+        box_predictor.bbox_pred.weight[:4] = 0  # as detectron2, which has none, exports and imports them
+        mask_predictor.mask_fcn_logits.weight[0] = 0
     return ViTDetMaskRCNN(backbone, rpn, roi_heads, precision)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from backbone import VIT_SIZES, VisionTransformer, build_vit
+from backbone import VIT_SIZES, VisionTransformer, ViTDetViT, build_vit
 
 LEVEL_NAMES = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
@@ -26,7 +26,7 @@ def _conv_norm(in_channels: int, out_channels: int, kernel: int) -> nn.Sequentia
                          LayerNorm2d(out_channels, eps=1e-6))
 
 
-def _resampler(dim: int, factor: float) -> tuple[nn.Module, int]:
+def resampler(dim: int, factor: float) -> tuple[nn.Module, int]:
     """ViTDet's resampling by `factor` (4: two deconvolutions, 2: one, 1: none, 1/k: k x k max pool) and the
     width it leaves."""
     if factor == 4:
@@ -41,6 +41,13 @@ def _resampler(dim: int, factor: float) -> tuple[nn.Module, int]:
     raise ValueError(f"no simple-pyramid resampling by {factor}; expected 4, 2, 1 or 1/k")
 
 
+def resampler_layers(patch_size: int) -> list[int]:
+    """Per level p2-p5, the number of layers in front of its two convolutions (GELU and max pool included, identity
+    not), for a ViT of `patch_size`: detectron2 numbers the layers of each simfp_* stage in one sequence."""
+    modules = [resampler(4, patch_size / stride)[0] for stride in STRIDES]
+    return [len(m) if isinstance(m, nn.Sequential) else int(not isinstance(m, nn.Identity)) for m in modules]
+
+
 class SimpleFeaturePyramid(nn.Module):
     """From the ViT's single map (`dim` channels, stride `patch_size`), maps of strides 4, 8, 16 and 32: for
     patch 16 x4 (two deconvolutions), x2 (one), x1 and x0.5 (max pool), each followed by a 1x1 and a 3x3
@@ -49,7 +56,7 @@ class SimpleFeaturePyramid(nn.Module):
     def __init__(self, dim: int, out_channels: int = 256, patch_size: int = 16):
         super().__init__()
         self.out_channels = out_channels
-        resamplers = [_resampler(dim, patch_size / stride) for stride in STRIDES]
+        resamplers = [resampler(dim, patch_size / stride) for stride in STRIDES]
         self.resamplers = nn.ModuleList(module for module, _ in resamplers)
         widths = [width for _, width in resamplers]
         self.outputs = nn.ModuleList([nn.Sequential(_conv_norm(width, out_channels, 1),
@@ -63,25 +70,6 @@ class SimpleFeaturePyramid(nn.Module):
                              in zip(LEVEL_NAMES, self.resamplers, self.outputs, strict=True))
         levels["p6"] = F.max_pool2d(levels["p5"], kernel_size=1, stride=2)
         return levels
-
-
-class ViTDetViT(VisionTransformer):
-    """Our ViT with ViTDet's absolute position embedding: the trained table stays on the pre-training grid
-    (`pretrain_img_size`: 14 x 14 for 224 px with patch 16) and every forward resizes it to the patch grid
-    (bicubic, align_corners=False, as ViTDet's get_abs_pos), rather than training a table resampled to 64 x 64 at
-    1024 px. `grid_size` is therefore the table's grid, which is also what checkpoints are resampled to on load;
-    window and relative-position sizes follow `img_size`."""
-
-    def __init__(self, pretrain_img_size: int = 224, **kwargs):
-        super().__init__(**kwargs)
-        patch = self.config["patch_size"]
-        if pretrain_img_size % patch:
-            raise ValueError(f"pretrain_img_size {pretrain_img_size} is not a multiple of patch_size {patch}")
-        self.config["pretrain_img_size"] = pretrain_img_size
-        self.grid_size = (pretrain_img_size // patch, pretrain_img_size // patch)
-        table = torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], self.embed_dim)
-        self.pos_embed = nn.Parameter(table, requires_grad=self.config["pos_embed_trainable"])
-        self.init_pos_embed(self.config["pos_embed"])
 
 
 class ViTDetBackbone(nn.Module):

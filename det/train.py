@@ -16,6 +16,7 @@ from engine import build_train_runner
 from engine.hooks import ModelMetaHook
 from engine.runner import TrainSpec, default_work_dir, train_from_config
 
+from .checkpoint import load_detector_state, read_detector
 from .coco_metric import CocoMetric
 from .data import CocoDetection, coco_paths, collate, eval_transform, lsj_transform
 from .model import ViTDetMaskRCNN, build_mask_rcnn
@@ -27,16 +28,27 @@ log = logging.getLogger("droppos_bench")
 
 
 def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> ViTDetMaskRCNN:
-    """The Mask R-CNN of `cfg.model`, its ViT loaded from the pre-trained encoder `cfg.ckpt` if set and
-    `pretrained` (pos embed resampled to the input grid; only ViTDet's relative position tables may be missing);
-    `pretrained=False` when `cfg.ckpt` holds a whole trained detector (det eval)."""
+    """The Mask R-CNN of `cfg.model`, initialised from `cfg.ckpt` if set and `pretrained`: a whole detector (ours or
+    detectron2's) loads entirely, or all but its class-specific predictors when it was trained on another number of
+    classes; a pre-trained encoder loads into the ViT (pos embed resampled to the input grid; only ViTDet's relative
+    position tables may be missing). `pretrained=False` leaves loading to the caller (det eval)."""
     kwargs = dict(cfg.model)
     set_random_seed(cfg.seed)
     model = build_mask_rcnn(num_classes, kwargs.pop("size"), precision=cfg.precision, **kwargs)
-    if cfg.ckpt and pretrained:
+    if not (cfg.ckpt and pretrained):
+        return model
+    state = read_detector(cfg.ckpt, allow_pickle=cfg.allow_pickle)
+    if state is None:
         report = load_pretrained(model.backbone.net, cfg.ckpt, allow_pickle=cfg.allow_pickle,
                                  allowed_missing=("rel_pos_h", "rel_pos_w"))
         log.info("%s", report)
+        return model
+    kept = load_detector_state(model, state, cfg.ckpt, classes_may_differ=True)
+    log.info("loaded the whole detector %s", cfg.ckpt)
+    if kept:
+        classes = len(state["roi_heads.box_predictor.cls_score.bias"]) - 1
+        log.info("%s has %d classes, the dataset %d: its class-specific predictors (%s) are left out and keep their "
+                 "fresh initialisation", cfg.ckpt, classes, num_classes, ", ".join(kept))
     return model
 
 

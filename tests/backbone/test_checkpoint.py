@@ -1,5 +1,7 @@
 """Every supported checkpoint format round-trips into our ViT; every bad input gets a clear error."""
+import fractions
 import os
+import pickle
 
 import pytest
 import torch
@@ -236,6 +238,53 @@ def test_allow_pickle_loads_trusted_objects(tmp_path, encoder):
 
 class Marker:
     pass
+
+
+def write_detectron2_pkl(state, path, protocol=4):
+    """detectron2's model-zoo layout: a plain pickle of {'model': {name: numpy array}, '__author__': ...}."""
+    model = {k: v.numpy() for k, v in to_detectron2_vitdet(state)["model"].items()}
+    path.write_bytes(pickle.dumps({"model": model, "__author__": "FAIR", "matching_heuristics": True}, protocol))
+
+
+@pytest.mark.parametrize("numpy_names", ["numpy._core", "numpy.core"])
+def test_detectron2_pkl_of_numpy_arrays_loads_as_tensors(tmp_path, encoder, numpy_names):
+    path = tmp_path / "model_final_123abc.pkl"
+    write_detectron2_pkl(encoder_state(encoder), path, protocol=2)
+    if numpy_names == "numpy.core":  # numpy 1 wrote its arrays under these names (protocol 2: plain-text globals)
+        path.write_bytes(path.read_bytes().replace(b"numpy._core.", b"numpy.core."))
+        assert b"numpy._core" not in path.read_bytes()
+    model, report = load_model(path)
+    assert report.format == "detectron2" and not report.unexpected, str(report)
+    assert not {k for k in report.missing if not k.startswith("fc_norm")}  # no [CLS]: average pooling, a fresh norm
+    assert torch.equal(model.pos_embed, encoder.pos_embed[:, 1:])  # ViTDet's [CLS] slot dropped: no [CLS] token
+    for key, value in model.state_dict().items():
+        assert key.startswith(("pos_embed", "fc_norm")) or torch.equal(value, encoder.state_dict()[key]), key
+
+
+def test_a_pkl_naming_any_other_global_is_refused_without_running_it(tmp_path, encoder):
+    marker = tmp_path / "pwned"
+
+    class Touches:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "model_final_evil.pkl"
+    path.write_bytes(pickle.dumps({"model": {"backbone.net.pos_embed": encoder.pos_embed.detach().numpy()},
+                                   "extra": Touches()}))
+    with pytest.raises(CheckpointError, match=r"model_final_evil\.pkl: refusing to load: it names the Python global "
+                                              r"(posix|os|nt)\.system, .*--allow-pickle") as err:
+        read_checkpoint(path)
+    assert "\n" not in str(err.value) and not marker.exists()
+    trusted = tmp_path / "trusted.pkl"
+    trusted.write_bytes(pickle.dumps({"model": {"pos_embed": encoder.pos_embed.detach().numpy()},
+                                      "ratio": fractions.Fraction(1, 3)}))
+    with pytest.raises(CheckpointError, match=r"global fractions\.Fraction"):
+        read_checkpoint(trusted)
+    assert read_checkpoint(trusted, allow_pickle=True).format == "mae"
+    truncated = tmp_path / "truncated.pkl"
+    truncated.write_bytes(trusted.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint(truncated)
 
 
 def test_mae_training_args_namespace_is_accepted(tmp_path, encoder):

@@ -8,12 +8,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from benchmarks.synthetic import COCO_CATEGORY_IDS, synthesize
-from det.data import PAD_RGB, CocoDetection, coco_paths, collate, eval_transform, lsj_transform
+from det.data import PAD_RGB, CocoDetection, coco_paths, collate, eval_transform, fitted_size, lsj_transform
 from pretrain.data import UnreadableImageError
 
 SIZE = 64
@@ -319,3 +320,43 @@ def test_unreadable_images_are_dropped_from_an_evaluation_not_replaced(damaged):
     assert [batch["dropped_ids"] for batch in batches] == [[dataset.image_ids[0]], [dataset.image_ids[2]]]
     assert [meta["image_id"] for batch in batches for meta in batch["metas"]] == [dataset.image_ids[i] for i in (1, 3)]
     assert dataset.skipped.value == 2
+
+
+@pytest.mark.parametrize(("shape", "expected"), [((480, 640), (768, 1024)), ((427, 640), (683, 1024)),
+                                                 ((640, 427), (1024, 683)), ((333, 500), (682, 1024)),
+                                                 ((500, 500), (1024, 1024)), ((5, 2048), (3, 1024))])
+def test_test_time_size_is_detectron2s_resize_shortest_edge(shape, expected):
+    """Shorter side to 1024, then scaled so the longer is 1024, rounded half up (2.5 -> 3, where round() gives 2)."""
+    assert fitted_size(*shape, 1024) == expected
+
+
+def test_test_images_are_resized_with_pils_bilinear_filter():
+    """As detectron2 resizes them; torchvision's uint8 kernel is off by one at some pixels (1,726 of these)."""
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (3, 427, 640), dtype=torch.uint8, generator=generator)
+    image = tv_tensors.Image(pixels)
+    boxes = tv_tensors.BoundingBoxes([[2.0, 3.0, 20.0, 25.0]], format="XYXY", canvas_size=(427, 640))
+    out, _, meta = eval_transform(1024)(image, {"boxes": boxes, "labels": torch.tensor([0])})
+    height, width = meta["image_size"]
+    pil = Image.fromarray(pixels.permute(1, 2, 0).numpy()).resize((width, height), Image.BILINEAR)
+    assert torch.equal(out[:, :height, :width], torch.from_numpy(np.array(pil)).permute(2, 0, 1))
+    tensor_resize = F.resize(pixels, [height, width], antialias=True)  # torchvision's tensor kernel differs
+    assert not torch.equal(out[:, :height, :width], tensor_resize)
+
+
+def test_images_are_read_upright_as_their_exif_orientation_says(tmp_path):
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:5, :10] = 255  # a white block at the top left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: show it turned 90 degrees clockwise
+    folder = tmp_path / "val2017"
+    folder.mkdir()
+    Image.fromarray(pixels).save(folder / "1.png", exif=exif)
+    annotations = tmp_path / "instances.json"
+    annotations.write_text(json.dumps({"images": [{"id": 1, "file_name": "1.png", "height": 30, "width": 20}],
+                                       "annotations": [], "categories": [{"id": 1, "name": "thing"}]}))
+    sample = CocoDetection(annotations, folder, eval_transform(30), train=False)[0]
+    assert sample["meta"]["orig_size"] == (30, 20)
+    upright = np.array(ImageOps.exif_transpose(Image.open(folder / "1.png")))
+    assert torch.equal(sample["image"][:, :30, :20], torch.from_numpy(upright).permute(2, 0, 1))
+    assert sample["image"][:, :10, 15:20].float().mean() == 255  # the block is now at the top right

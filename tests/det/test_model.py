@@ -1,5 +1,6 @@
 """ViTDet Mask R-CNN on torchvision: the L1 and mask losses against their formulas, the ViT-B build with ViTDet's
 settings and optimizer groups, and the output format."""
+import math
 import re
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
-from det.model import L1RegionProposalNetwork, box_losses, build_mask_rcnn, mask_loss, mask_targets
+from det.model import ViTDetRPN, box_losses, build_mask_rcnn, mask_loss, mask_targets
 from det.train import vitdet_adamw
 
 TINY = dict(img_size=64, depth=2, window_size=2, global_blocks=(1,), out_channels=32, head_channels=32,
@@ -30,7 +31,7 @@ def test_box_losses_are_cross_entropy_and_l1_on_each_foreground_proposals_own_cl
 
 
 def test_rpn_losses_are_l1_and_cross_entropy_over_sampled_anchors_normalised_as_detectron2():
-    rpn = L1RegionProposalNetwork.__new__(L1RegionProposalNetwork)
+    rpn = ViTDetRPN.__new__(ViTDetRPN)
     rpn.fg_bg_sampler = BalancedPositiveNegativeSampler(4, 0.5)
     labels = [torch.tensor([1.0, 0.0, -1.0, 0.0, 1.0, 0.0]), torch.tensor([0.0, -1.0, 1.0])]  # -1: ignored
     generator = torch.Generator().manual_seed(0)
@@ -64,8 +65,8 @@ def test_vit_base_detector_has_vitdet_settings(vit_base_detector):
     assert sum(p.numel() for p in model.parameters()) == 110_899_381
     assert tuple(model.backbone.net.pos_embed.shape) == (1, 14 * 14, 768) and model.backbone.net.pos_embed.requires_grad
     rpn, heads = model.rpn, model.roi_heads
-    assert rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
-    assert rpn.anchor_generator.aspect_ratios == ((0.5, 1.0, 2.0),) * 5
+    assert rpn.anchor_generator.sizes == (32, 64, 128, 256, 512)
+    assert rpn.anchor_generator.aspect_ratios == (0.5, 1.0, 2.0) and rpn.anchor_generator.strides == (4, 8, 16, 32, 64)
     assert len(rpn.head.conv) == 2 and rpn.nms_thresh == 0.7 and rpn.box_coder.weights == (1.0, 1.0, 1.0, 1.0)
     assert rpn._pre_nms_top_n == dict(training=2000, testing=1000)
     assert rpn._post_nms_top_n == dict(training=1000, testing=1000)
@@ -85,6 +86,20 @@ def test_vit_base_detector_has_vitdet_settings(vit_base_detector):
     assert [type(m) for m in box_head[4:]] == [torch.nn.Flatten, torch.nn.Linear, torch.nn.ReLU]
     assert box_head[5].out_features == 1024
     assert [[type(m) for m in block] for block in heads.mask_head] == [conv_norm] * 4
+
+
+def test_heads_start_from_detectron2s_initialisation():
+    """c2_xavier_fill on the box head's fc (uniform, bound sqrt(3 / fan_in)), zero biases, near-zero predictors, and
+    zero background rows in the predictors (torchvision's, which detectron2 has not)."""
+    torch.manual_seed(0)
+    heads = build_mask_rcnn(3, "tiny", **TINY).roi_heads
+    fc = heads.box_head[5]
+    bound = math.sqrt(3 / fc.in_features)
+    assert fc.weight.abs().max() <= bound and fc.weight.abs().max() > 0.95 * bound and not fc.bias.any()
+    assert not heads.mask_predictor.conv5_mask.bias.any()
+    box, mask = heads.box_predictor, heads.mask_predictor
+    assert not box.bbox_pred.weight[:4].any() and not mask.mask_fcn_logits.weight[0].any()
+    assert 0.0005 < box.bbox_pred.weight[4:].std() < 0.0015 and 0.005 < box.cls_score.weight.std() < 0.015
 
 
 def test_vit_base_optimizer_has_vitdet_layer_decay_and_weight_decay(vit_base_detector):
@@ -171,8 +186,8 @@ def test_training_gives_five_losses_and_prediction_maps_back_to_the_original_ima
 
 
 def test_boxes_are_decoded_in_float32_under_bf16_autocast():
-    """torchvision decodes deltas in their dtype and makes anchors in the features' dtype: in bf16, corners near
-    1024 px would fall on an 8 px grid."""
+    """torchvision decodes deltas in their dtype: in bf16, corners near 1024 px would fall on an 8 px grid; the
+    anchors are float32 whatever the features' dtype."""
     torch.manual_seed(0)
     model = build_mask_rcnn(3, "tiny", score_thresh=0.0, precision="bf16", **TINY).eval()  # predict autocasts
     dtypes = {}

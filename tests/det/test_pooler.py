@@ -30,7 +30,7 @@ def test_each_box_is_pooled_aligned_from_its_level():
     for image, image_boxes in enumerate(box_lists):
         for box in image_boxes:
             size = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
-            level = min(max(math.floor(4 + math.log2(size / 224) + 1e-6), 2), 5)
+            level = min(max(math.floor(4 + math.log2(size / 224 + 1e-8)), 2), 5)  # detectron2's assignment
             levels.add(level)
             roi = torch.cat([torch.tensor([float(image)]), box])[None]
             expected.append(roi_align(features[f"p{level}"], roi, (7, 7), spatial_scale=1 / 2 ** level,

@@ -1,20 +1,25 @@
 """`det train` / `det eval` end to end on synthetic scenes: exact resume, evaluation, exports, errors, learning."""
+import copy
 import json
+import logging
 import os
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from backbone import CheckpointError, build_vit, export_checkpoint, load_model
+from backbone import LAYOUTS, CheckpointError, ViTDetViT, build_vit, export_checkpoint, load_model
 from backbone.checkpoint import read_checkpoint
 from backbone.pos_embed import resample_pos_embed
 from benchmarks.cli import main
 from benchmarks.synthetic import synthesize
+from det.checkpoint import CLASS_SPECIFIC, save_detectron2
 from det.coco_metric import CocoMetric
 from det.data import collate
 from det.evaluate import evaluate_detector
+from det.model import build_mask_rcnn
 from det.train import CONFIGS_DIR, build_det_runner, build_detector, coco_dataset
 from engine import load_config
 
@@ -102,7 +107,7 @@ def test_errors_name_what_is_wrong(data, tmp_path, capsys):
     encoder = tmp_path / "encoder.pth"
     torch.save({"model": {"patch_embed.proj.weight": torch.zeros(192, 3, 8, 8)}}, encoder)
     assert main(["det", "eval", "mask_rcnn_tiny_synth", *args(overrides(data, tmp_path, ckpt=encoder))]) == 2
-    assert "not a model of this config" in capsys.readouterr().err
+    assert "encoder.pth: not a whole detector" in capsys.readouterr().err
 
 
 def memorisation_set(root, images):
@@ -159,3 +164,91 @@ def test_a_pretrained_encoder_initialises_the_backbone_with_its_pos_embed_on_the
     export_checkpoint(wider, tmp_path / "small.safetensors")
     with pytest.raises(CheckpointError, match="width 384"):
         build_detector(config(data, tmp_path, ckpt=tmp_path / "small.safetensors"), 8)
+
+
+@pytest.fixture(scope="module")
+def detector_files(short_run, tmp_path_factory):
+    """Every form a trained detector's weights take: the run checkpoint, the encoder exported from its ViT in our
+    layout, and the whole detector in detectron2's layout as .pth and as a model-zoo .pkl of numpy arrays."""
+    out = tmp_path_factory.mktemp("detector_files")
+    run = Path(short_run.work_dir) / "iter_8.pth"
+    export_checkpoint(short_run.model.backbone.net, out / "enc.safetensors")
+    assert main(["convert", str(run), str(out / "model_final.pth"), "--to", "detectron2"]) == 0
+    model = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert any(k.startswith("roi_heads.") for k in model)  # the whole detector, not only its ViT
+    with (out / "model_final_f00000.pkl").open("wb") as handle:
+        pickle.dump({"model": {k: v.numpy() for k, v in model.items()}, "__author__": "test"}, handle)
+    return {"run": run, "encoder": out / "enc.safetensors", "detectron2_pth": out / "model_final.pth",
+            "detectron2_pkl": out / "model_final_f00000.pkl"}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("source", ["run", "encoder", "detectron2_pth", "detectron2_pkl"])
+def test_every_detector_checkpoint_converts_to_every_layout_with_the_detectors_features(
+        detector_files, short_run, tmp_path, source, layout):
+    net = copy.deepcopy(short_run.model.backbone.net).eval()
+    assert net.blocks[0].attn.rel_pos_h.abs().sum() > 0  # trained tables, which a plain ViT could not hold
+    out = tmp_path / ("vit.safetensors" if layout == "ours" else f"{layout}.pth")
+    assert main(["convert", str(detector_files[source]), str(out), "--to", layout]) == 0
+    if layout == "mmseg":  # another ViT (BEiT's relative position tables): the weights under mmseg's names
+        state = torch.load(out, weights_only=True)
+        assert torch.equal(state["layers.3.ln1.weight"], net.blocks[3].norm1.weight)
+        assert torch.equal(state["layers.1.attn.qkv.weight"], net.blocks[1].attn.qkv.weight)
+        return
+    vit, report = load_model(out)
+    assert not report.missing and not report.unexpected, str(report)
+    assert type(vit) is ViTDetViT and {k: vit.config[k] for k in ("img_size", "window_size", "global_blocks",
+                                                                  "pretrain_img_size")} == {
+        k: net.config[k] for k in ("img_size", "window_size", "global_blocks", "pretrain_img_size")}
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(vit.eval().forward_feature_maps(images, [-1])[0], net.forward_feature_maps(images, [-1])[0])
+
+
+def test_det_eval_of_a_detectron2_file_equals_det_eval_of_the_run_checkpoint(data, short_run, detector_files,
+                                                                             tmp_path):
+    work_dir = Path(short_run.work_dir)
+    last = json.loads((work_dir / "metrics.json").read_text())["last"]
+    ckpt = detector_files["detectron2_pkl"]
+    assert main(["det", "eval", "mask_rcnn_tiny_synth", *args(overrides(data, tmp_path, ckpt=ckpt))]) == 0
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    names = [name for name in last if name.startswith(("APb", "ARb", "APm", "ARm"))]
+    assert len(names) == 24 and all(evaluated[name] == pytest.approx(last[name], abs=1e-9) for name in names)
+    assert json.loads((tmp_path / "detections.json").read_text()) == json.loads(
+        (work_dir / "detections.json").read_text())
+
+
+def assert_loaded(model, expected, zero_background=False, fresh=None):
+    """Every weight of `model` is `expected`'s, but the rows torchvision adds for the background class (zero after a
+    detectron2 import) and, with `fresh`, the class-specific predictors (then `fresh`'s: their initialisation)."""
+    for key, value in model.state_dict().items():
+        if fresh is not None and key.startswith(CLASS_SPECIFIC):
+            assert torch.equal(value, fresh[key]), key
+            continue
+        rows = {"roi_heads.box_predictor.bbox_pred": 4, "roi_heads.mask_predictor.mask_fcn_logits": 1}.get(
+            key.rsplit(".", 1)[0], 0) if zero_background else 0
+        assert torch.equal(value[rows:], expected[key][rows:]) and not value[:rows].any(), key
+
+
+def test_det_train_starts_from_a_whole_detector_ours_or_detectron2s(data, short_run, detector_files, tmp_path,
+                                                                    caplog, capsys):
+    trained = short_run.model.state_dict()
+    assert_loaded(build_detector(config(data, tmp_path, ckpt=detector_files["run"]), 8), trained)
+    assert_loaded(build_detector(config(data, tmp_path, ckpt=detector_files["detectron2_pkl"]), 8), trained,
+                  zero_background=True)
+    cfg = config(data, tmp_path)
+    model_cfg = dict(cfg.model)
+    torch.manual_seed(5)
+    five = build_mask_rcnn(5, model_cfg.pop("size"), **model_cfg).state_dict()  # trained on another class set
+    save_detectron2(five, tmp_path / "five_classes.pth")
+    with caplog.at_level(logging.INFO, logger="droppos_bench"):
+        model = build_detector(config(data, tmp_path, ckpt=tmp_path / "five_classes.pth"), 8)
+    assert_loaded(model, five, zero_background=True, fresh=build_detector(cfg, 8).state_dict())
+    assert "five_classes.pth has 5 classes, the dataset 8: its class-specific predictors" in caplog.text
+    narrow = build_mask_rcnn(8, "tiny", **{**model_cfg, "head_channels": 32}).state_dict()
+    save_detectron2(narrow, tmp_path / "narrow.pth")
+    assert main(["det", "train", "mask_rcnn_tiny_synth",
+                 *args(overrides(data, tmp_path, ckpt=tmp_path / "narrow.pth"))]) == 2
+    message = capsys.readouterr().err
+    assert "narrow.pth: not a model of this config" in message and "roi_heads.box_head.0.0.weight" in message
