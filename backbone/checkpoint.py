@@ -21,6 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from engine.errors import MissingInputError, UserInputError
+
 OURS_TAG = "droppos-bench"
 FORMATS = ("droppos", "mae", "timm", "mocov3", "detectron2", "ours", "state_dict")
 FORMAT_HELP = {
@@ -48,7 +50,7 @@ PICKLE_ARRAY_GLOBALS = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A checkpoint cannot be read or does not fit; the message names the file, key and what was expected."""
 
 
@@ -105,7 +107,7 @@ def load_file_safely(path: str | os.PathLike, allow_pickle: bool = False) -> tup
     """Load a .safetensors, .pkl or torch file; returns (object, safetensors header metadata or {})."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingInputError(f"checkpoint not found: {path}")
     if path.suffix == ".pkl":
         return load_pickle_safely(path, allow_pickle), {}
     if path.suffix == ".safetensors":
@@ -241,3 +243,15 @@ def split_pretraining_keys(
     prefixes = (DECODER_KEYS if drop_decoder else ()) + (HEAD_KEYS if drop_head else ())
     dropped = [k for k in state if k.split(".")[0].startswith(prefixes)]
     return {k: v for k, v in state.items() if k not in dropped}, dropped
+
+
+def load_trained_model(model: torch.nn.Module, path: str | Path, trained_by: str, allow_pickle: bool = False) -> None:
+    """Load a whole model written by the command `trained_by` (a run checkpoint or its state dict) for evaluation;
+    every key must match."""
+    state = read_checkpoint(path, prefix="", allow_pickle=allow_pickle).state
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: not a model of this config: {len(result.missing_keys)} keys missing "
+            f"({', '.join(result.missing_keys[:5])}...), {len(result.unexpected_keys)} unexpected "
+            f"({', '.join(result.unexpected_keys[:5])}...); evaluate a checkpoint written by {trained_by}")

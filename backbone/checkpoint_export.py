@@ -13,8 +13,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from engine.errors import UserInputError
+from engine.safe_io import atomic_path
+
 from .checkpoint import OURS_TAG, split_pretraining_keys
-from .safe_io import atomic_path
 from .vit import VisionTransformer
 
 LAYOUTS = ("ours", "timm", "detectron2", "mmseg")
@@ -78,7 +80,7 @@ def export_checkpoint(
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     if layout == "ours" and path.suffix != ".safetensors":
-        raise ValueError(f"our format is safetensors: name the file *.safetensors, not {path.name}")
+        raise UserInputError(f"our format is safetensors: name the file *.safetensors, not {path.name}")
     with atomic_path(path) as tmp:
         if layout == "ours":
             header = dict(format_version=FORMAT_VERSION, vit_config=model.config, **(meta or {}))

@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
-from timm.layers.pos_embed_rel import gen_relative_position_index
-from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias, window_partition, window_unpartition
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, gen_relative_position_index, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from engine.errors import UserInputError
+
 from .pos_embed import Grid, resample_pos_embed, sincos_2d_pos_embed
+from .windows import decomposed_rel_pos_bias, window_merge, window_partition
 
 VIT_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -53,7 +54,7 @@ class Attention(nn.Module):
                  table_grid: Grid | None = None, prefix_tokens: int = 0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+            raise UserInputError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -88,7 +89,7 @@ class Attention(nn.Module):
         bias = None
         if self.rel_pos_h is not None:
             flat_q = q.reshape(batch * self.num_heads, length, -1)
-            bias = get_decomposed_rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid, grid)
+            bias = decomposed_rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid)
             bias = bias.reshape(batch, self.num_heads, length, length)
         elif self.relative_position_bias_table is not None:
             bias = self.table_bias(grid).to(q.dtype)  # SDPA wants the mask in the query's (autocast) dtype
@@ -132,7 +133,7 @@ class Block(nn.Module):
             size = self.window_size
             windows, padded = window_partition(y.view(batch, grid[0], grid[1], dim), size)
             windows = self.attn(windows.view(-1, size * size, dim), (size, size))
-            y = window_unpartition(windows.view(-1, size, size, dim), size, grid, padded).view(batch, length, dim)
+            y = window_merge(windows.view(-1, size, size, dim), size, grid, padded).view(batch, length, dim)
         else:
             y = self.attn(y, grid)
         x = x + self.drop_path1(self.ls1(y))
@@ -306,22 +307,22 @@ def _check_options(
     window_size: int, global_blocks: Sequence[int], use_rel_pos: bool, rel_pos_bias: bool,
 ) -> None:
     if len(img_size) != 2 or any(s % patch_size for s in img_size):
-        raise ValueError(f"img_size {img_size} must be two multiples of patch_size {patch_size}")
+        raise UserInputError(f"img_size {img_size} must be two multiples of patch_size {patch_size}")
     if pos_embed not in POS_EMBED_INITS:
-        raise ValueError(f"pos_embed={pos_embed!r}; expected one of {POS_EMBED_INITS}")
+        raise UserInputError(f"pos_embed={pos_embed!r}; expected one of {POS_EMBED_INITS}")
     if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool={global_pool!r}; expected one of {GLOBAL_POOLS}")
+        raise UserInputError(f"global_pool={global_pool!r}; expected one of {GLOBAL_POOLS}")
     if global_pool == "token" and not class_token:
-        raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
+        raise UserInputError("global_pool='token' needs class_token=True; use global_pool='avg'")
     if (window_size or use_rel_pos) and class_token:
-        raise ValueError("window attention and relative position bias work on the patch grid only: "
-                         "set class_token=False (as ViTDet does)")
+        raise UserInputError("window attention and relative position bias work on the patch grid only: "
+                             "set class_token=False (as ViTDet does)")
     if rel_pos_bias and (window_size or use_rel_pos):
-        raise ValueError("rel_pos_bias (BEiT's table) and ViTDet's window attention / use_rel_pos exclude each "
-                         "other")
+        raise UserInputError("rel_pos_bias (BEiT's table) and ViTDet's window attention / use_rel_pos exclude "
+                             "each other")
     bad = [b for b in global_blocks if not 0 <= b < depth]
     if bad:
-        raise ValueError(f"global_blocks {bad} out of range for depth {depth}")
+        raise UserInputError(f"global_blocks {bad} out of range for depth {depth}")
 
 
 def build_vit(size: str = "base", model_class: type[VisionTransformer] = VisionTransformer,
@@ -329,5 +330,5 @@ def build_vit(size: str = "base", model_class: type[VisionTransformer] = VisionT
     """ViT (or a subclass, e.g. DropPos) of a named size ('tiny', 'small', 'base', 'large'); keyword
     arguments override the size's defaults."""
     if size not in VIT_SIZES:
-        raise ValueError(f"unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
+        raise UserInputError(f"unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
     return model_class(**{**VIT_SIZES[size], **kwargs})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.errors import UserInputError
+
 from .vit import VisionTransformer
 
 
@@ -19,7 +21,7 @@ class ViTDetViT(VisionTransformer):
         super().__init__(**kwargs)
         patch = self.config["patch_size"]
         if pretrain_img_size % patch:
-            raise ValueError(f"pretrain_img_size {pretrain_img_size} is not a multiple of patch_size {patch}")
+            raise UserInputError(f"pretrain_img_size {pretrain_img_size} is not a multiple of patch_size {patch}")
         self.config["pretrain_img_size"] = pretrain_img_size
         self.grid_size = (pretrain_img_size // patch, pretrain_img_size // patch)
         table = torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], self.embed_dim)

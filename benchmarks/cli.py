@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,12 +10,14 @@ from pathlib import Path
 
 from mmengine.config import DictAction
 
-from backbone import FORMATS, LAYOUTS, CheckpointError, export_checkpoint, load_model
-from engine.config import NoGPUError
+from backbone import FORMATS, LAYOUTS, export_checkpoint, load_model
+from engine.errors import UserInputError
 
 from .demo import DEMO_DEFAULTS, run_demo
 
 log = logging.getLogger("droppos_bench")
+# What `main` prints as one line with exit status 2: a user's mistake; any other exception is a bug and keeps its
+# traceback.
 
 
 def run_synth(args: argparse.Namespace) -> None:
@@ -38,8 +39,8 @@ def convert_whole_detector(args: argparse.Namespace) -> bool:
     if state is None:
         return False
     if args.img_size is not None:
-        raise ValueError(f"{args.src}: --img-size resamples an encoder; a whole detector is written as it is "
-                         "(--prefix backbone.net. converts its ViT alone)")
+        raise UserInputError(f"{args.src}: --img-size resamples an encoder; a whole detector is written as it "
+                             "is (--prefix backbone.net. converts its ViT alone)")
     path = save_detectron2(state, args.out)
     print(f"wrote {path} (detectron2 layout, the whole detector: {len(state)} tensors)")
     return True
@@ -64,7 +65,7 @@ def with_gpus(suite, gpus: int):
 
 
 def run_bench_command(args: argparse.Namespace) -> None:
-    from .harness.run import report_suite, run_suite, store_path
+    from .harness.run import JobsFailedError, report_suite, run_suite, store_path
     from .harness.store import ResultsStore
     from .harness.suite import load_suite, resolve_suite
 
@@ -81,27 +82,71 @@ def run_bench_command(args: argparse.Namespace) -> None:
         print(store.status_table(suite.name))
     failed = [job for job, state in (states or {}).items() if state == "failed"]
     if failed:
-        raise ValueError(f"{len(failed)} of {len(states)} jobs failed: {', '.join(failed)} (log tails above)")
+        raise JobsFailedError(f"{len(failed)} of {len(states)} jobs failed: {', '.join(failed)} (log tails above)")
 
 
 def run_posacc_command(args: argparse.Namespace) -> None:
-    from pretrain.posacc import run_posacc
+    from pretrain.posacc_command import run_posacc
 
     run_posacc(args.checkpoint, args.data, split=args.split, images=args.images, batch_size=args.batch_size,
                seed=args.seed, workers=args.workers, out=args.out, figure=args.figure,
                figure_images=args.figure_images, allow_pickle=args.allow_pickle, device=args.device)
 
 
-def config_command(module: str, function: str, result: str | None = "metrics"):
-    """A subcommand handler that imports `module` only when run (the task stacks load slowly), calls
-    `function(config, overrides)` and prints the file it returns as `result` (None: the function reports itself)."""
+# The task stacks load slowly, so each handler imports its task only when it runs. Training commands print the
+# file they return; the evaluations report themselves.
+def run_pretrain(args: argparse.Namespace) -> None:
+    from pretrain import train
 
-    def run(args: argparse.Namespace) -> None:
-        path = getattr(importlib.import_module(module), function)(args.config, args.overrides)
-        if result:
-            print(f"{result}: {path}")
+    print(f"encoder: {train.run_pretrain(args.config, args.overrides)}")
 
-    return run
+
+def run_cls_finetune(args: argparse.Namespace) -> None:
+    from cls import finetune
+
+    print(f"metrics: {finetune.run_finetune(args.config, args.overrides)}")
+
+
+def run_cls_eval(args: argparse.Namespace) -> None:
+    from cls import evaluate
+
+    evaluate.run_eval(args.config, args.overrides)
+
+
+def run_cls_linprobe(args: argparse.Namespace) -> None:
+    from cls import linprobe
+
+    print(f"metrics: {linprobe.run_linprobe(args.config, args.overrides)}")
+
+
+def run_cls_posprobe(args: argparse.Namespace) -> None:
+    from cls import position_probe
+
+    print(f"metrics: {position_probe.run_posprobe(args.config, args.overrides)}")
+
+
+def run_det_train(args: argparse.Namespace) -> None:
+    from det import train
+
+    print(f"metrics: {train.run_det_train(args.config, args.overrides)}")
+
+
+def run_det_eval(args: argparse.Namespace) -> None:
+    from det import evaluate
+
+    evaluate.run_det_eval(args.config, args.overrides)
+
+
+def run_seg_train(args: argparse.Namespace) -> None:
+    from seg import train
+
+    print(f"metrics: {train.run_seg_train(args.config, args.overrides)}")
+
+
+def run_seg_eval(args: argparse.Namespace) -> None:
+    from seg import evaluate
+
+    evaluate.run_seg_eval(args.config, args.overrides)
 
 
 def add_config_command(sub: argparse._SubParsersAction, name: str, func, help_text: str, config_help: str,
@@ -114,10 +159,7 @@ def add_config_command(sub: argparse._SubParsersAction, name: str, func, help_te
     parser.set_defaults(func=func)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="droppos-bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the pipeline end to end on built-in synthetic data")
     demo.add_argument("--out", type=Path, default=Path(DEMO_DEFAULTS["out"]), help="output folder")
     demo.add_argument("--images", type=int, default=DEMO_DEFAULTS["images"], help="number of synthetic scenes")
@@ -126,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a step or two of every benchmark (CI)")
     demo.set_defaults(func=lambda a: run_demo(a.out, a.images, a.size, a.seed, a.quick))
 
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write a deterministic synthetic dataset in ImageNet, COCO and ADE20K "
                                           "layouts")
@@ -136,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     synth.set_defaults(func=run_synth)
 
+
+def add_convert_command(sub: argparse._SubParsersAction) -> None:
     convert = sub.add_parser("convert", help="read a checkpoint of any supported format, report, and rewrite it")
     convert.add_argument("src", type=Path, help=".pth / .pth.tar / .safetensors / .pkl (detectron2) checkpoint")
     convert.add_argument("out", type=Path, help="output file (.safetensors for --to ours)")
@@ -151,11 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
     convert.set_defaults(func=run_convert)
 
-    add_config_command(sub, "pretrain", config_command("pretrain.train", "run_pretrain", "encoder"),
-                       "pre-train DropPos or MAE on an ImageNet-layout folder (mmengine)",
+
+def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
+    """`pretrain` and `posacc`, the position accuracy of what it trained."""
+    add_config_command(sub, "pretrain", run_pretrain,
+                       "pre-train DropPos, MAE, MAE+ or AdPE on an ImageNet-layout folder (mmengine)",
                        "config file, or the name of a shipped one (pretrain/configs/), e.g. droppos_vit_base_200ep "
                        "or ablations/tab1_gamma_0.50", "e.g. data.root=/data/imagenet schedule.epochs=100")
-
     posacc = sub.add_parser("posacc", help="position accuracy grid of a DropPos checkpoint (paper Tab. S3, Fig. 3)")
     posacc.add_argument("checkpoint", type=Path, help="our pre-training checkpoint (epoch_N.pth) or the authors' "
                                                       "release; it must hold the position decoder")
@@ -173,33 +221,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
     posacc.set_defaults(func=run_posacc_command)
 
+
+def add_cls_commands(sub: argparse._SubParsersAction) -> None:
     cls = sub.add_parser("cls", help="classification benchmarks").add_subparsers(dest="cls_command", required=True)
-    add_config_command(cls, "finetune", config_command("cls.finetune", "run_finetune"),
+    add_config_command(cls, "finetune", run_cls_finetune,
                        "fine-tune a pre-trained ViT end to end on an ImageNet-layout folder",
                        "config file, or the name of a shipped one (cls/configs/), e.g. finetune_vit_base_100ep",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=...")
-    add_config_command(cls, "eval", config_command("cls.evaluate", "run_eval", None),
+    add_config_command(cls, "eval", run_cls_eval,
                        "top-1 / top-5 of a fine-tuned checkpoint on the val split",
                        "the fine-tuning config (model, data, batch size)",
                        "ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
-    add_config_command(cls, "linprobe", config_command("cls.linprobe", "run_linprobe"),
+    add_config_command(cls, "linprobe", run_cls_linprobe,
                        "linear probe of a frozen backbone (MAE protocol: BN + linear, LARS)",
                        "config file or shipped name, e.g. linprobe_vit_base", "ckpt=PATH, data.root=...")
-    add_config_command(cls, "posprobe", config_command("cls.posprobe", "run_posprobe"),
+    add_config_command(cls, "posprobe", run_cls_posprobe,
                        "position-sensitivity probe of a frozen backbone (paper Tab. 7)",
                        "config file or shipped name, e.g. posprobe_vit_base", "ckpt=PATH (required), data.root=...")
 
+
+def add_det_commands(sub: argparse._SubParsersAction) -> None:
     det = sub.add_parser("det", help="COCO detection and instance segmentation (ViTDet Mask R-CNN)")
     det_commands = det.add_subparsers(dest="det_command", required=True)
-    add_config_command(det_commands, "train", config_command("det.train", "run_det_train"),
+    add_config_command(det_commands, "train", run_det_train,
                        "fine-tune a pre-trained ViT as a ViTDet Mask R-CNN on a COCO-layout dataset",
                        "config file, or the name of a shipped one (det/configs/), e.g. mask_rcnn_vit_base_1x",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=/data/coco")
-    add_config_command(det_commands, "eval", config_command("det.evaluate", "run_det_eval", None),
+    add_config_command(det_commands, "eval", run_det_eval,
                        "COCO box / mask AP of a trained detector on the val split",
                        "the training config (model, data, batch size)",
                        "ckpt=PATH (required, written by det train), data.root=..., work_dir=...")
 
+
+def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="run suites of checkpoints x benchmarks and report them as the paper's tables")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     suite_help = "suite file, or the name of a shipped one (benchmarks/suites/), e.g. paper-table6"
@@ -215,27 +269,38 @@ def build_parser() -> argparse.ArgumentParser:
                                  "setting; a local suite then runs each job under torchrun")
         command.set_defaults(func=run_bench_command)
 
+
+def add_seg_commands(sub: argparse._SubParsersAction) -> None:
     seg = sub.add_parser("seg", help="ADE20K semantic segmentation (UperNet, mmsegmentation)")
     seg_commands = seg.add_subparsers(dest="seg_command", required=True)
-    add_config_command(seg_commands, "train", config_command("seg.train", "run_seg_train"),
+    add_config_command(seg_commands, "train", run_seg_train,
                        "fine-tune a pre-trained ViT as a UperNet on an ADE20K-layout dataset",
                        "config file, or the name of a shipped one (seg/configs/), e.g. upernet_vit_base_80k",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors "
                        "data.root=/data/ADEChallengeData2016")
-    add_config_command(seg_commands, "eval", config_command("seg.evaluate", "run_seg_eval", None),
+    add_config_command(seg_commands, "eval", run_seg_eval,
                        "sliding-window mIoU / mAcc / aAcc and per-class IoU of a trained segmentor on the val split",
                        "the training config (model, data)",
                        "ckpt=PATH (required, written by seg train), data.root=..., work_dir=...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="droppos-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_commands in (add_demo_command, add_data_commands, add_convert_command, add_pretrain_commands,
+                         add_cls_commands, add_det_commands, add_bench_commands, add_seg_commands):
+        add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments and run one subcommand; expected failures print one clear line and exit 2."""
+    """Parse arguments and run one subcommand; a user's mistake prints one line naming the file, key or value and
+    exits 2, anything else (a bug) propagates with its traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, NoGPUError) as err:
+    except UserInputError as err:
         print(f"droppos-bench: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,9 +1,10 @@
 """`droppos-bench demo`: the whole pipeline on built-in synthetic data.
 
-It synthesises scenes, reads them back through the real ImageNet / COCO / ADE20K loaders, smoke-checks the
-backbone (features, feature maps, checkpoint export and re-import), pre-trains a tiny DropPos and a tiny MAE on
-the mmengine Runner, and runs the demo suite (benchmarks/suites/demo.yaml): both and a random init through
-fine-tuning, the probes, position accuracy, detection and segmentation, then writes the report.
+It synthesises scenes, reads them back with the reference readers of their formats (torchvision's ImageFolder,
+pycocotools, PIL), smoke-checks the backbone (features, feature maps, checkpoint export and re-import), pre-trains
+a tiny DropPos and a tiny MAE on the mmengine Runner, and runs the demo suite (benchmarks/suites/demo.yaml): both
+and a random init through fine-tuning, the probes, position accuracy, detection and segmentation, then writes the
+report.
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from backbone import build_vit, export_checkpoint, load_model
-from backbone.safe_io import write_json_atomic
+from engine.safe_io import write_json_atomic
 
 from .harness.report import render_markdown
-from .harness.run import report_suite, run_suite, suite_results
+from .harness.run import JobsFailedError, report_suite, run_suite, suite_results
 from .harness.suite import Suite, load_suite, resolve_suite
 from .synthetic import synthesize
 
@@ -46,7 +47,9 @@ log = logging.getLogger("droppos_bench.demo")
 
 
 def check_layouts(data: Path) -> dict[str, int]:
-    """Read every layout back with the loaders the tasks use; returns item counts."""
+    """Read every layout back with the reference readers of its format (torchvision's ImageFolder, pycocotools with
+    every instance mask decoded, PIL's mode of each ADE20K label), not our task loaders, which the suite's jobs use
+    later; returns item counts."""
     counts = {}
     for split in ("train", "val"):
         counts[f"imagenet_{split}"] = len(datasets.ImageFolder(data / "imagenet" / split, allow_empty=True))
@@ -141,7 +144,7 @@ def run_demo(out: Path, images: int, size: int, seed: int, quick: bool = False) 
     print(render_markdown(suite_results(suite), title="droppos-bench demo", synthetic=True))
     failed = sorted(job for job, state in summary["jobs"].items() if state == "failed")
     if failed:
-        raise ValueError(f"demo jobs failed: {', '.join(failed)}; logs in {suite.work_dir}/<job>/job.log")
+        raise JobsFailedError(f"demo jobs failed: {', '.join(failed)}; logs in {suite.work_dir}/<job>/job.log")
     return summary
 
 

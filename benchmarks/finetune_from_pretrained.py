@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.synthetic import synthesize
 from cls.finetune import run_finetune
-from pretrain.data import image_folder
+from engine.images import image_folder
 from pretrain.train import run_pretrain
 
 

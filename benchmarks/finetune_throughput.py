@@ -31,7 +31,7 @@ from benchmarks.timing import Step, best_rates, hardware, step_parser
 from cls.data import train_transform
 from cls.finetune import CONFIGS_DIR
 from engine import load_config
-from pretrain.data import image_folder
+from engine.images import image_folder
 
 
 def build_pair(size: str, img_size: int, depth: int | None, num_classes: int) -> tuple[nn.Module, nn.Module]:

@@ -9,10 +9,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbone import VisionTransformer
-from backbone.safe_io import write_json_atomic
 from engine import check_gpu, load_config
+from engine.errors import UserInputError
+from engine.images import eval_transform, image_folder
 from engine.runner import default_eval_dir, require_one_process
-from pretrain.data import eval_transform, image_folder
+from engine.safe_io import write_json_atomic
 
 from .finetune import CONFIGS_DIR, build_classifier
 from .metric import TopKAccuracy
@@ -37,8 +38,8 @@ def run_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Pat
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
     check_gpu(cfg)
     if not cfg.ckpt:
-        raise ValueError("cls eval needs ckpt=PATH: a fine-tuned checkpoint with its classification head")
-    val = image_folder(cfg.data.root, "val", eval_transform(cfg.model.img_size), cfg.data.skip_unreadable)
+        raise UserInputError("cls eval needs ckpt=PATH: a fine-tuned checkpoint with its classification head")
+    val = image_folder(cfg.data.root, "val", eval_transform(cfg.model.img_size), cfg.data.skip_invalid)
     net = build_classifier(cfg, len(val.classes), fine_tuned=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = DataLoader(val, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers,

@@ -15,9 +15,11 @@ from torchvision.datasets import ImageFolder
 
 from backbone import VisionTransformer, adamw_layer_decay, build_vit, load_pretrained
 from engine import build_train_runner, peak_lr
-from engine.hooks import DeviceLoggedModel, ModelMetaHook
+from engine.errors import UserInputError
+from engine.hooks import ModelMetaHook
+from engine.images import eval_transform, image_folder
+from engine.model import DeviceLoggedModel
 from engine.runner import TrainSpec, train_from_config
-from pretrain.data import eval_transform, image_folder
 
 from .data import build_mixup, train_transform
 from .metric import TopKAccuracy
@@ -79,16 +81,16 @@ def check_same_classes(train: ImageFolder, val: ImageFolder, root: str) -> None:
     """Labels are class-folder indices: a folder missing from one split would silently shift every later label."""
     if train.classes != val.classes:
         differ = sorted(set(train.classes) ^ set(val.classes))
-        raise ValueError(f"{root}: train and val have different class folders: {', '.join(differ[:5])}"
-                         f"{' ...' if len(differ) > 5 else ''} ({len(differ)} in only one split)")
+        raise UserInputError(f"{root}: train and val have different class folders: {', '.join(differ[:5])}"
+                             f"{' ...' if len(differ) > 5 else ''} ({len(differ)} in only one split)")
 
 
 def build_finetune_runner(cfg: Config):
     """Data, model, layer-decayed AdamW and top-1/top-5 evaluation of a fine-tuning config, as a Runner."""
     img_size = cfg.model.img_size
-    train = image_folder(cfg.data.root, "train", train_transform(img_size, cfg.aug), cfg.data.skip_unreadable,
+    train = image_folder(cfg.data.root, "train", train_transform(img_size, cfg.aug), cfg.data.skip_invalid,
                          every_class=True)
-    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_unreadable)
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_invalid)
     check_same_classes(train, val, cfg.data.root)
     net = build_classifier(cfg, len(train.classes))
     if cfg.compile:
@@ -98,10 +100,10 @@ def build_finetune_runner(cfg: Config):
                                   cfg.optim.betas)
     model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
     hooks = [StepEMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
+    hooks.append(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
                                 val_metric=TopKAccuracy(), best_metric="top1")
-    runner.register_hook(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     runner.logger.info(f"fine-tuning ViT-{cfg.model.size} on {len(train)} images / {len(train.classes)} classes, "
                        f"effective batch {cfg.effective_batch}, peak lr {lr:.3g}, layer decay {cfg.optim.layer_decay}")
     return runner

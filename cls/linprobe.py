@@ -14,9 +14,10 @@ from timm.optim import Lars
 from torch import nn
 
 from engine import build_train_runner, peak_lr
+from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
+from engine.images import eval_transform, image_folder, pretrain_transform
 from engine.runner import TrainSpec, train_from_config
-from pretrain.data import eval_transform, image_folder, pretrain_transform
 
 from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, build_classifier, check_same_classes
 from .metric import TopKAccuracy
@@ -62,21 +63,21 @@ def probe_optimizer(optim: dict[str, Any], head: nn.Module, lr: float) -> torch.
 def build_linprobe_runner(cfg):
     """Frozen encoder from `cfg.ckpt`, BN + linear head, LARS or SGD, per-epoch top-1 / top-5."""
     if cfg.optim.type not in OPTIMIZERS:
-        raise ValueError(f"optim.type={cfg.optim.type!r}; expected one of {OPTIMIZERS}")
+        raise UserInputError(f"optim.type={cfg.optim.type!r}; expected one of {OPTIMIZERS}")
     img_size = cfg.model.img_size
     train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
-                         cfg.data.skip_unreadable, every_class=True)
-    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_unreadable)
+                         cfg.data.skip_invalid, every_class=True)
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_invalid)
     check_same_classes(train, val, cfg.data.root)
     net = build_classifier(cfg, len(train.classes))
     net.requires_grad_(False)
     net.head = probe_head(net.embed_dim, len(train.classes))
     optimizer = probe_optimizer(cfg.optim, net.head, peak_lr(cfg.optim.base_lr, cfg.effective_batch))
     model = LinearProbe(net, mixup=None, smoothing=0.0, precision=cfg.precision)
-    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
+    hooks = [ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes)))]
+    runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
                                 val_metric=TopKAccuracy(), best_metric="top1")
-    runner.register_hook(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     return runner
 
 

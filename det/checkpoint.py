@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from backbone.checkpoint import CheckpointError, read_checkpoint
-from backbone.safe_io import atomic_path
+from engine.safe_io import atomic_path
 
 from .detectron2_layout import NET, from_detectron2, to_detectron2
 

@@ -17,7 +17,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from pycocotools import mask as mask_api
 
-from backbone.safe_io import write_json_atomic
+from engine.errors import UserInputError
+from engine.safe_io import write_json_atomic
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 TASK_LETTER = {"bbox": "b", "segm": "m"}
@@ -101,7 +102,7 @@ class CocoMetric(BaseMetric):
     def compute_metrics(self, results: list[tuple[int, list[dict] | None]]) -> dict[str, float]:
         evaluated = {image_id for image_id, detections in results if detections is not None}
         if not evaluated:
-            raise ValueError(f"{self.gt_source}: no image of the evaluation could be read")
+            raise UserInputError(f"{self.gt_source}: no image of the evaluation could be read")
         total = len(self.gt.getImgIds())
         if len(evaluated) < total:
             print_log(f"COCO evaluation on {len(evaluated)} of the {total} images of {self.gt_source}; the others "

@@ -26,8 +26,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from engine.stream import seeded_randomness
-from pretrain.data import SharedCounter, UnreadableImageError
+from engine.errors import MissingInputError, UserInputError
+from engine.images import SharedCounter, UnreadableImageError
+from engine.seeding import seeded_randomness
 
 MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet mean in 0-255 (ViTDet's pixel_mean)
 PAD_RGB = tuple(round(v) for v in MEAN_RGB)  # padding that normalises to about zero
@@ -44,10 +45,10 @@ def coco_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
     base = next((path for path in (root, root / "coco") if (path / "annotations" / name).is_file()), root)
     annotation_file, image_dir = base / "annotations" / name, base / f"{split}2017"
     if not annotation_file.is_file():
-        raise FileNotFoundError(f"{annotation_file}: COCO annotation file not found (expected "
+        raise MissingInputError(f"{annotation_file}: COCO annotation file not found (expected "
                                 f"{root}/annotations/{name} or {root}/coco/annotations/{name})")
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"{image_dir}: COCO image folder not found (the images of {annotation_file})")
+        raise MissingInputError(f"{image_dir}: COCO image folder not found (the images of {annotation_file})")
     return annotation_file, image_dir
 
 
@@ -150,7 +151,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if train:
             records = [record for record in records if len(record["labels"])]
         if not records:
-            raise ValueError(f"{self.annotation_file}: no images{' with annotations' if train else ''} to use")
+            raise UserInputError(f"{self.annotation_file}: no images{' with annotations' if train else ''} to use")
         self.image_ids = [record.pop("image_id") for record in records]
         self._packed = _Packed(records)
 
@@ -200,8 +201,8 @@ class CocoDetection(torch.utils.data.Dataset):
                                                               strict=True)):
             rle = _rle(segmentation, height, width)
             if list(rle["size"]) != [height, width]:
-                raise ValueError(f"{self.annotation_file}: annotation {annotation_id} has an RLE mask of size "
-                                 f"{rle['size']}, but its image {record['file_name']} is {height}x{width}")
+                raise UserInputError(f"{self.annotation_file}: annotation {annotation_id} has an RLE mask of "
+                                     f"size {rle['size']}, but its image {record['file_name']} is {height}x{width}")
             masks[i] = mask_api.decode(rle)
         return masks
 
@@ -215,8 +216,8 @@ class CocoDetection(torch.utils.data.Dataset):
                 continue
             problem = f"annotation {annotation.get('id')} (image {annotation.get('image_id')}) {problem}"
             if not self.skip_invalid:
-                raise ValueError(f"{self.annotation_file}: {problem}; fix or remove it, "
-                                 f"{SKIP_HINT.format('annotations')}")
+                raise UserInputError(f"{self.annotation_file}: {problem}; fix or remove it, "
+                                     f"{SKIP_HINT.format('annotations')}")
             problems.append(problem)
         if problems:
             self.skipped.add(len(problems))
@@ -232,7 +233,7 @@ class CocoDetection(torch.utils.data.Dataset):
             return images
         examples = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         if not self.skip_invalid:
-            raise FileNotFoundError(f"{self.image_dir / missing[0]}: image file not found ({len(missing)} of the "
+            raise MissingInputError(f"{self.image_dir / missing[0]}: image file not found ({len(missing)} of the "
                                     f"{len(images)} images of {self.annotation_file} are missing: {examples}); "
                                     f"restore them, {SKIP_HINT.format('images')}")
         self.skipped.add(len(missing))
@@ -291,12 +292,12 @@ def _read_annotation_file(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a valid JSON file ({error}); expected a COCO instances file") from error
+        raise UserInputError(f"{path}: not a valid JSON file ({error}); expected a COCO instances file") from error
     keys = ("images", "annotations", "categories")
     missing = [key for key in keys if key not in data] if isinstance(data, dict) else list(keys)
     if missing:
-        raise ValueError(f"{path}: no {', '.join(repr(key) for key in missing)} (a COCO instances file holds "
-                         "'images', 'annotations' and 'categories')")
+        raise UserInputError(f"{path}: no {', '.join(repr(key) for key in missing)} (a COCO instances file "
+                             "holds 'images', 'annotations' and 'categories')")
     return data
 
 
@@ -304,8 +305,8 @@ def _checked(records: list, keys: tuple[str, ...], what: str, path: Path) -> lis
     """`records` if each has every key; a record without one has no sensible default."""
     for record in records:
         if missing := [key for key in keys if key not in record]:
-            raise ValueError(f"{path}: {what} {record.get('id')} has no {', '.join(missing)} "
-                             f"(each {what} needs {', '.join(keys)})")
+            raise UserInputError(f"{path}: {what} {record.get('id')} has no {', '.join(missing)} "
+                                 f"(each {what} needs {', '.join(keys)})")
     return records
 
 

@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from backbone.safe_io import write_json_atomic
 from engine import check_gpu, load_config
+from engine.errors import UserInputError
 from engine.runner import default_eval_dir, require_one_process
+from engine.safe_io import write_json_atomic
 
 from .checkpoint import load_detector
 from .coco_metric import CocoMetric
@@ -38,7 +39,7 @@ def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
     check_gpu(cfg)
     if not cfg.ckpt:
-        raise ValueError("det eval needs ckpt=PATH: a detector checkpoint written by det train or detectron2")
+        raise UserInputError("det eval needs ckpt=PATH: a detector checkpoint written by det train or detectron2")
     val = coco_dataset(cfg, "val")
     model = build_detector(cfg, len(val.category_ids), pretrained=False)
     load_detector(model, cfg.ckpt, cfg.allow_pickle)

@@ -25,7 +25,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import roi_align
 
-from engine.hooks import DeviceLoggedModel
+from engine.errors import UserInputError
+from engine.model import DeviceLoggedModel
 
 from .anchors import ViTDetAnchorGenerator
 from .data import MEAN_RGB
@@ -275,7 +276,7 @@ def build_mask_rcnn(num_classes: int, size: str, img_size: int = 1024, head_chan
     channels = backbone.out_channels
     levels = (*LEVEL_NAMES, "p6")
     if len(anchor_sizes) != len(levels):
-        raise ValueError(f"anchor_sizes needs one size per pyramid level {levels}, got {list(anchor_sizes)}")
+        raise UserInputError(f"anchor_sizes needs one size per pyramid level {levels}, got {list(anchor_sizes)}")
     anchors = ViTDetAnchorGenerator(anchor_sizes, ASPECT_RATIOS, (*STRIDES, 2 * STRIDES[-1]))
     rpn = ViTDetRPN(
         anchors, Float32RPNHead(channels, len(ASPECT_RATIOS), conv_depth=2), fg_iou_thresh=0.7, bg_iou_thresh=0.3,

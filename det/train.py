@@ -13,6 +13,7 @@ from torch import nn
 
 from backbone import adamw_layer_decay, load_pretrained
 from engine import build_train_runner
+from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
 from engine.runner import TrainSpec, default_work_dir, train_from_config
 
@@ -77,7 +78,7 @@ def build_det_runner(cfg: Config):
     """Data, detector, layer-decayed AdamW, warmup + step schedule and COCO evaluation of a config, as a Runner."""
     train, val = coco_dataset(cfg, "train"), coco_dataset(cfg, "val")
     if train.category_ids != val.category_ids:
-        raise ValueError(f"{train.annotation_file} and {val.annotation_file} list different categories")
+        raise UserInputError(f"{train.annotation_file} and {val.annotation_file} list different categories")
     model = build_detector(cfg, len(train.category_ids))
     if cfg.compile:
         model.backbone.compile()
@@ -85,10 +86,10 @@ def build_det_runner(cfg: Config):
     optimizer = vitdet_adamw(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay, cfg.optim.betas)
     work_dir = Path(default_work_dir(cfg))
     metric = CocoMetric(val.annotation_file, val.category_ids, results_file=work_dir / RESULTS_FILE)
-    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
+    hooks = [ModelMetaHook(BACKBONE_PREFIX, dict(net.config))]
+    runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val, val_metric=metric,
                                 best_metric="APb", collate_fn=collate)
-    runner.register_hook(ModelMetaHook(BACKBONE_PREFIX, dict(net.config)))
     runner.logger.info(f"ViTDet Mask R-CNN, ViT-{cfg.model.size} at {cfg.model.img_size} px, on {len(train)} images / "
                        f"{len(train.category_ids)} classes; effective batch {cfg.effective_batch}, lr "
                        f"{cfg.optim.lr:.3g}, layer decay {cfg.optim.layer_decay}, {cfg.schedule.iterations} steps")

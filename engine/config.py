@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from mmengine.config import Config
 
+from .errors import MissingInputError, UserInputError
+
 IN_CONTAINER = "DROPPOS_IN_CONTAINER"  # set by docker/Dockerfile
 
 
-class NoGPUError(RuntimeError):
+class NoGPUError(UserInputError, RuntimeError):
     """A config that needs a GPU, on a machine (or in a container) where torch sees none."""
 
 
@@ -26,7 +28,7 @@ def resolve_config_path(name: str | Path, configs_dir: Path) -> Path:
         return shipped
     names = sorted(str(p.relative_to(configs_dir).with_suffix("")) for p in configs_dir.rglob("*.py")
                    if "_base_" not in p.parts)
-    raise FileNotFoundError(f"config not found: {name} (neither a file nor one of the shipped configs in "
+    raise MissingInputError(f"config not found: {name} (neither a file nor one of the shipped configs in "
                             f"{configs_dir}: {', '.join(names)})")
 
 
@@ -38,7 +40,7 @@ def _check_key(cfg: Config, dotted: str) -> None:
             known = sorted(node) if isinstance(node, dict) else []
             close = difflib.get_close_matches(part, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"override {dotted!r}: no key {part!r} at {where} (keys: {', '.join(known)}){hint}")
+            raise UserInputError(f"override {dotted!r}: no key {part!r} at {where} (keys: {', '.join(known)}){hint}")
         node = node[part]
 
 
@@ -47,7 +49,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
     """Read a config and apply `key=value` overrides; an override must name a key the config already has."""
     path = resolve_config_path(path, configs_dir) if configs_dir else Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
+        raise MissingInputError(f"config not found: {path}")
     cfg = Config.fromfile(str(path))
     for key in overrides or {}:
         _check_key(cfg, key)

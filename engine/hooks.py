@@ -1,4 +1,6 @@
-"""Hooks every task's Runner gets: per-epoch seeding (exact resume) and sync-free logging of device metrics."""
+"""The Runner hooks of every task: reseeding per epoch or step (exact resume), device metrics read once per log
+step, checkpoints loadable with weights_only=True and carrying how to rebuild the model, buffers in step before
+evaluation, metrics.json after each evaluation, and a count of skipped unreadable images."""
 from __future__ import annotations
 
 import json
@@ -11,24 +13,10 @@ import torch
 from mmengine.dist import all_reduce, broadcast, get_rank, is_distributed, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
-from mmengine.model import BaseModel, is_model_wrapper
 
-from backbone.safe_io import write_json_atomic
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The task's model inside the Runner's DDP wrapper (or the model itself in one process)."""
-    return model.module if is_model_wrapper(model) else model
-
-
-def mixed_seed(*keys: int) -> int:
-    """A well-mixed 32-bit seed for a tuple of integers, e.g. (run seed, epoch, rank)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
-
-
-def torch_seeds_workers(worker_id: int) -> None:
-    """Keep PyTorch's own per-worker seeds (drawn from the main RNG that ReseedHook reseeds each epoch);
-    mmengine's default worker_init_fn would give the workers the same random stream in every epoch."""
+from .model import unwrap_model
+from .safe_io import write_json_atomic
+from .seeding import mixed_seed
 
 
 class ReseedHook(Hook):
@@ -58,39 +46,6 @@ class ReseedHook(Hook):
         torch.manual_seed(value)
         np.random.seed(value)
         random.seed(value)
-
-
-class RunningMeans:
-    """Sums of per-iteration device tensors; read (one host sync) and reset once per log interval."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
-
-    def add(self, values: dict[str, torch.Tensor]) -> None:
-        for key, value in values.items():
-            value = value.detach().float()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.count += 1
-
-    def pop(self) -> dict[str, torch.Tensor]:
-        means = {key: total / self.count for key, total in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return means
-
-
-class DeviceLoggedModel(BaseModel):
-    """A Runner model whose losses and metrics stay on the device: summed in `running_means` every iteration and
-    read by DeviceLogHook once per log interval, so a training step never waits for the host."""
-
-    def __init__(self):
-        super().__init__(data_preprocessor=dict(type="BaseDataPreprocessor", non_blocking=True))
-        self.running_means = RunningMeans()
-
-    def parse_losses(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """`losses['loss']` is optimised; every entry is logged (sums on the device, nothing returned now)."""
-        self.running_means.add(losses)
-        return losses["loss"], {}
 
 
 class DeviceLogHook(Hook):

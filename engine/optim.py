@@ -14,6 +14,8 @@ import torch
 from mmengine.optim import OptimWrapper
 from torch import nn
 
+from .errors import UserInputError
+
 PRECISIONS = ("fp32", "bf16")
 CLIP_MODES = ("global", "per_param")
 
@@ -25,9 +27,9 @@ class DeviceOptimWrapper(OptimWrapper):
     def __init__(self, optimizer: torch.optim.Optimizer, precision: str = "fp32", max_norm: float | None = None,
                  accumulative_counts: int = 1, clip_mode: str = "global"):
         if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r}; expected one of {PRECISIONS}")
+            raise UserInputError(f"precision={precision!r}; expected one of {PRECISIONS}")
         if clip_mode not in CLIP_MODES:
-            raise ValueError(f"optim.clip_mode={clip_mode!r}; expected one of {CLIP_MODES}")
+            raise UserInputError(f"optim.clip_mode={clip_mode!r}; expected one of {CLIP_MODES}")
         super().__init__(optimizer, accumulative_counts=accumulative_counts)
         self.precision, self.max_norm, self.clip_mode = precision, max_norm, clip_mode
         self.grad_norm_sum: torch.Tensor | None = None

@@ -23,10 +23,8 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
-from backbone.checkpoint import CheckpointError, read_checkpoint
-from backbone.safe_io import atomic_path
-
 from .config import check_gpu, load_config
+from .errors import UserInputError
 from .hooks import (
     BroadcastBuffersHook,
     DeviceLogHook,
@@ -34,9 +32,10 @@ from .hooks import (
     PlainCheckpointHook,
     ReseedHook,
     SkippedImagesHook,
-    torch_seeds_workers,
 )
 from .optim import DeviceOptimWrapper
+from .safe_io import atomic_path
+from .seeding import torch_seeds_workers
 from .stream import StreamIterLoop, StreamSampler
 
 # mmengine keys a Runner's logger, visualizer and message hub by '<experiment name>_<time to the second>' and
@@ -55,9 +54,9 @@ def require_one_process(command: str) -> None:
     whole split on the same GPU and write the same files (the training commands evaluate on all their processes)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size > 1:
-        raise ValueError(f"`droppos-bench {command}` evaluates in one process, not under torchrun with {world_size} "
-                         f"processes: start it as `droppos-bench {command} ...` (training runs evaluate on every "
-                         "process)")
+        raise UserInputError(f"`droppos-bench {command}` evaluates in one process, not under torchrun with "
+                             f"{world_size} processes: start it as `droppos-bench {command} ...` (training runs "
+                             "evaluate on every process)")
 
 
 def peak_lr(base_lr: float, effective_batch: int) -> float:
@@ -79,8 +78,8 @@ def batch_plan(effective_batch: int, batch_size: int, world_size: int) -> int:
     """Gradient-accumulation steps so that batch_size * world_size * steps == effective_batch, exactly."""
     per_step = batch_size * world_size
     if effective_batch % per_step:
-        raise ValueError(f"effective_batch={effective_batch} is not a multiple of batch_size={batch_size} x "
-                         f"{world_size} processes = {per_step}; change batch_size or the number of processes")
+        raise UserInputError(f"effective_batch={effective_batch} is not a multiple of batch_size={batch_size} x "
+                             f"{world_size} processes = {per_step}; change batch_size or the number of processes")
     return effective_batch // per_step
 
 
@@ -159,9 +158,9 @@ def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int, acc
     size), rounded down to whole optimizer steps of `accumulation` batches."""
     steps = math.ceil(num_samples / world_size) // batch_size // accumulation * accumulation
     if steps == 0:
-        raise ValueError(f"the training set has {num_samples} images, fewer than one optimizer step of "
-                         f"{batch_size} x {accumulation} accumulated batches per process ({world_size} processes); "
-                         "lower effective_batch")
+        raise UserInputError(f"the training set has {num_samples} images, fewer than one optimizer step of "
+                             f"{batch_size} x {accumulation} accumulated batches per process ({world_size} "
+                             "processes); lower effective_batch")
     return steps
 
 
@@ -195,7 +194,7 @@ def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulat
     else:
         warmup = round(spec.warmup_epochs * steps_per_epoch) if spec.by_epoch else 0
     if not 0 <= warmup < total:
-        raise ValueError(f"warmup of {warmup} iterations must be shorter than the {total} training iterations")
+        raise UserInputError(f"warmup of {warmup} iterations must be shorter than the {total} training iterations")
     schedule = []
     if warmup > 1:  # mmengine's ramp reaches the peak on its last iteration: a one-iteration warmup is that peak
         schedule.append(dict(type="LinearLR", start_factor=spec.warmup_factor, by_epoch=False, begin=0, end=warmup))
@@ -203,15 +202,15 @@ def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulat
         schedule.append(dict(type="CosineAnnealingLR", T_max=total - warmup, eta_min_ratio=spec.min_lr / peak_lr,
                              by_epoch=False, begin=warmup, end=total))
     elif spec.lr_steps and spec.poly_power is not None:
-        raise ValueError("give either lr steps or poly_power, not both")
+        raise UserInputError("give either lr steps or poly_power, not both")
     elif spec.poly_power is not None:
         schedule.append(dict(type="PolyLR", power=spec.poly_power, eta_min=0.0, by_epoch=False, begin=warmup,
                              end=total))
     elif spec.lr_steps:
         steps = list(spec.lr_steps)
         if steps != sorted(steps) or not 0 < steps[0] or steps[-1] >= spec.iterations:
-            raise ValueError(f"lr steps {list(spec.lr_steps)} must increase and lie inside the {spec.iterations} "
-                             "iterations")
+            raise UserInputError(f"lr steps {list(spec.lr_steps)} must increase and lie inside the "
+                                 f"{spec.iterations} iterations")
         schedule.append(dict(type="MultiStepLR", milestones=[step * accumulation for step in spec.lr_steps],
                              gamma=spec.lr_step_factor, by_epoch=False, begin=0, end=total))
     return schedule
@@ -308,14 +307,3 @@ def train_from_config(build_runner: Callable[[Config], Runner], configs_dir: Pat
     runner.train()
     return Path(runner.work_dir) / "metrics.json"
 
-
-def load_trained_model(model: torch.nn.Module, path: str | Path, trained_by: str, allow_pickle: bool = False) -> None:
-    """Load a whole model written by the command `trained_by` (a run checkpoint or its state dict) for evaluation;
-    every key must match."""
-    state = read_checkpoint(path, prefix="", allow_pickle=allow_pickle).state
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: not a model of this config: {len(result.missing_keys)} keys missing "
-            f"({', '.join(result.missing_keys[:5])}...), {len(result.unexpected_keys)} unexpected "
-            f"({', '.join(result.unexpected_keys[:5])}...); evaluate a checkpoint written by {trained_by}")

@@ -8,37 +8,14 @@ from any iteration on is a pure function of the run seed and the iteration, and 
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sized
-from contextlib import contextmanager
 
-import numpy as np
 import torch
 from mmengine.dist import get_dist_info
 from mmengine.runner import IterBasedTrainLoop
-from mmengine.runner.loops import _InfiniteDataloaderIterator
 from torch.utils.data import Sampler
 
-from .hooks import mixed_seed
-
-
-@contextmanager
-def seeded_randomness(seed: int | None) -> Iterator[None]:
-    """The global CPU RNGs of torch, numpy and random seeded with a sample's `seed` inside and restored after, so
-    augmentations drawn from any of them follow the sample stream; no seed: the global RNGs as they are."""
-    if seed is None:
-        yield
-        return
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)
-            random.setstate(python_state)
+from .seeding import mixed_seed
 
 
 class StreamSampler(Sampler):
@@ -95,7 +72,12 @@ class _Skipped:
 
 
 class StreamIterLoop(IterBasedTrainLoop):
-    """mmengine's IterBasedTrainLoop over a StreamSampler: a resumed run starts the stream at its iteration."""
+    """mmengine's IterBasedTrainLoop over a StreamSampler: a resumed run starts the stream at its iteration.
+
+    mmengine's `run` advances a resumed loop by calling next(self.dataloader_iterator) once per finished iteration
+    (`self._iter`, which its Runner sets on resume); `_Skipped` answers those calls without loading. That is not
+    public API: tests/engine/test_stream.py pins it.
+    """
 
     def run(self) -> torch.nn.Module:
         sampler = self.dataloader.sampler
@@ -103,5 +85,5 @@ class StreamIterLoop(IterBasedTrainLoop):
             raise TypeError(f"StreamIterLoop needs a StreamSampler, got {type(sampler).__name__}")
         if self._iter:
             sampler.start_at(self._iter * self.dataloader.batch_size)
-            self.dataloader_iterator = _Skipped(self._iter, _InfiniteDataloaderIterator(self.dataloader))
+            self.dataloader_iterator = _Skipped(self._iter, iter(self.dataloader))  # endless: a StreamSampler
         return super().run()

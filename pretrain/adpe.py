@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from backbone.pos_embed import sincos_2d
+from engine.errors import UserInputError
 
 from .mae_plus import MAEPlus
 
@@ -41,17 +42,17 @@ class AdPE(MAEPlus):
 
     def __init__(self, adv_mode: str = "embedding", adv_norm: str = "l2", adv_eps: float = 1.0, **kwargs: Any):
         if adv_mode not in ADV_MODES:
-            raise ValueError(f"adv_mode={adv_mode!r}; expected one of {ADV_MODES}")
+            raise UserInputError(f"adv_mode={adv_mode!r}; expected one of {ADV_MODES}")
         if adv_norm not in ADV_NORMS:
-            raise ValueError(f"adv_norm={adv_norm!r}; expected one of {ADV_NORMS}")
+            raise UserInputError(f"adv_norm={adv_norm!r}; expected one of {ADV_NORMS}")
         if adv_eps < 0:
-            raise ValueError(f"adv_eps={adv_eps} must be >= 0")
+            raise UserInputError(f"adv_eps={adv_eps} must be >= 0")
         super().__init__(**kwargs)
         self.adv_mode, self.adv_norm, self.adv_eps = adv_mode, adv_norm, adv_eps
         if adv_mode == "coordinate":
             if self.config["pos_embed"] != "sincos" or self.config["pos_embed_trainable"]:
-                raise ValueError("coordinate mode shifts the fixed sin-cos position embedding: it needs "
-                                 "pos_embed='sincos' and pos_embed_trainable=False")
+                raise UserInputError("coordinate mode shifts the fixed sin-cos position embedding: it needs "
+                                     "pos_embed='sincos' and pos_embed_trainable=False")
             self.mask_token_shift = nn.Parameter(torch.zeros(2))
             rows, cols = torch.meshgrid(torch.arange(self.grid_size[0]), torch.arange(self.grid_size[1]),
                                         indexing="ij")

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from backbone import CheckpointError, build_vit, infer_vit_config, read_checkpoint
+from engine.errors import UserInputError
 
 from .adpe import AdPE
 from .droppos import DropPos
@@ -21,7 +22,7 @@ def build_pretrain_model(model_cfg: dict[str, Any]) -> DropPos | MAE | MAEPlus:
     kwargs = dict(model_cfg)
     arch, size = kwargs.pop("arch", None), kwargs.pop("size", "base")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"model.arch={arch!r}; expected one of {sorted(ARCHITECTURES)}")
+        raise UserInputError(f"model.arch={arch!r}; expected one of {sorted(ARCHITECTURES)}")
     return build_vit(size, model_class=ARCHITECTURES[arch], **kwargs)
 
 

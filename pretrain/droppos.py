@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbone import VisionTransformer
+from backbone.masking import random_mask, random_split
 from backbone.vit import Block, init_mae_style
-
-from .masking import random_mask, random_split
+from engine.errors import UserInputError
 
 
 class DropPos(VisionTransformer):
@@ -34,7 +34,7 @@ class DropPos(VisionTransformer):
     ):
         super().__init__(**vit_kwargs)
         if self.num_prefix_tokens != 1:
-            raise ValueError("DropPos needs the [CLS] token (class_token=True): it always keeps its position")
+            raise UserInputError("DropPos needs the [CLS] token (class_token=True): it always keeps its position")
         num_patches = self.grid_size[0] * self.grid_size[1]
         _check_ratios(mask_ratio, pos_mask_ratio, tau, num_patches)
         self.mask_ratio, self.pos_mask_ratio = mask_ratio, pos_mask_ratio
@@ -102,12 +102,13 @@ class DropPos(VisionTransformer):
 def _check_ratios(mask_ratio: float, pos_mask_ratio: float, tau: float | None, num_patches: int) -> None:
     """Refuse settings that would train on NaN or silently mean something else."""
     if not 0 <= mask_ratio < 1 or int(num_patches * (1 - mask_ratio)) < 1:
-        raise ValueError(f"model.mask_ratio={mask_ratio}: expected 0 <= gamma < 1 leaving at least one of the "
-                         f"{num_patches} patches visible")
+        raise UserInputError(f"model.mask_ratio={mask_ratio}: expected 0 <= gamma < 1 leaving at least one of "
+                             f"the {num_patches} patches visible")
     if not 0 <= pos_mask_ratio <= 1:
-        raise ValueError(f"model.pos_mask_ratio={pos_mask_ratio}: expected 0 <= gamma_pos <= 1")
+        raise UserInputError(f"model.pos_mask_ratio={pos_mask_ratio}: expected 0 <= gamma_pos <= 1")
     if tau is not None and not tau > 0:
-        raise ValueError(f"model.tau={tau}: expected a temperature > 0 (inf or None: attentive reconstruction off)")
+        raise UserInputError(f"model.tau={tau}: expected a temperature > 0 (inf or None: attentive reconstruction "
+                             "off)")
 
 
 def position_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,

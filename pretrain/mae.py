@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from backbone import VisionTransformer
+from backbone.masking import patchify, random_split
 from backbone.pos_embed import sincos_2d_pos_embed
 from backbone.vit import Block, init_mae_style
-
-from .masking import patchify, random_split
+from engine.errors import UserInputError
 
 
 class PixelDecoderViT(VisionTransformer):
@@ -33,7 +33,7 @@ class PixelDecoderViT(VisionTransformer):
     ):
         super().__init__(**vit_kwargs)
         if self.num_prefix_tokens != 1:
-            raise ValueError(f"{type(self).__name__} needs the [CLS] token (class_token=True)")
+            raise UserInputError(f"{type(self).__name__} needs the [CLS] token (class_token=True)")
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         patch, channels = self.config["patch_size"], self.config["in_chans"]
         self.decoder_embed = nn.Linear(self.embed_dim, decoder_dim)

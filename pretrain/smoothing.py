@@ -12,6 +12,7 @@ import math
 import torch
 
 from backbone.pos_embed import Grid
+from engine.errors import UserInputError
 
 MODES = ("paper", "official")
 OFFICIAL_TOKEN_SIZE = 14  # the release passes 14 where its code expects the token size: 224 // 14 = 16
@@ -44,9 +45,9 @@ def official_smoothing(img_size: int, sigma: float, num_positions: int) -> torch
     """
     side = img_size // OFFICIAL_TOKEN_SIZE
     if side * side < num_positions:
-        raise ValueError(f"smoothing.mode=official builds the release's table of (img_size // 14)^2 = "
-                         f"{side * side} positions, fewer than the model's {num_positions} (it assumes patch "
-                         "size 16); use smoothing.mode=paper")
+        raise UserInputError(f"smoothing.mode=official builds the release's table of (img_size // 14)^2 = "
+                             f"{side * side} positions, fewer than the model's {num_positions} (it assumes "
+                             "patch size 16); use smoothing.mode=paper")
     if sigma == 0:
         return torch.eye(side * side)[:, :num_positions]
     coords = _grid_coords((side, side))
@@ -63,7 +64,7 @@ def position_smoothing(mode: str, grid: Grid, img_size: int, sigma: float,
         return paper_smoothing(grid, sigma, device)
     if mode == "official":
         return official_smoothing(img_size, sigma, grid[0] * grid[1]).to(device)
-    raise ValueError(f"smoothing={mode!r}; expected one of {MODES}")
+    raise UserInputError(f"smoothing={mode!r}; expected one of {MODES}")
 
 
 def sigma_at(mode: str, sigma0: float, sigma_t: float, iteration: int, iterations_per_epoch: int,
@@ -77,4 +78,4 @@ def sigma_at(mode: str, sigma0: float, sigma_t: float, iteration: int, iteration
             return sigma0
         epochs = max_iterations // iterations_per_epoch
         return (1 - (iteration // iterations_per_epoch) / float(epochs)) * sigma0
-    raise ValueError(f"smoothing={mode!r}; expected one of {MODES}")
+    raise UserInputError(f"smoothing={mode!r}; expected one of {MODES}")

@@ -13,12 +13,14 @@ from timm.optim import param_groups_weight_decay
 
 from backbone import export_checkpoint
 from engine import build_train_runner, check_gpu, load_config, peak_lr
-from engine.hooks import DeviceLoggedModel, ModelMetaHook, unwrap_model
+from engine.hooks import ModelMetaHook
+from engine.images import image_folder, pretrain_transform
+from engine.model import DeviceLoggedModel, unwrap_model
 from engine.runner import TrainSpec
 
 from .adpe import AdPE, adpe_param_groups, project_after_every_step
 from .build import build_pretrain_model
-from .data import MultiCrop, image_folder, pretrain_transform
+from .data import MultiCrop
 from .droppos import DropPos
 from .mae import MAE
 from .mae_plus import MAEPlus
@@ -76,7 +78,7 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
     transform = pretrain_transform(img_size, cfg.data.crop_scale, cfg.data.hflip)
     if cfg.data.get("crops"):  # MAE+ / AdPE: several crops of each image, stacked
         transform = MultiCrop(transform, cfg.data.crops)
-    dataset = image_folder(cfg.data.root, "train", transform, cfg.data.skip_unreadable)
+    dataset = image_folder(cfg.data.root, "train", transform, cfg.data.skip_invalid)
     lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     optimizer = torch.optim.AdamW(optimizer_groups(net, cfg), lr=lr, betas=tuple(cfg.optim.betas),
                                   fused=torch.cuda.is_available())

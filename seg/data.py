@@ -17,7 +17,8 @@ from mmengine.registry import DefaultScope
 from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.registry import DATASETS, TRANSFORMS
 
-from engine.stream import seeded_randomness
+from engine.errors import MissingInputError, UserInputError
+from engine.seeding import seeded_randomness
 
 ADE20K_CLASSES: tuple[str, ...] = tuple(ADE20KDataset.METAINFO["classes"])
 IGNORE_INDEX = 255  # mmseg's ignored label; reduce_zero_label maps raw 0 (unlabelled) to it
@@ -61,16 +62,16 @@ class ADE20KLayoutDataset(BaseSegDataset):
         image_dir, label_dir = Path(self.data_prefix["img_path"]), Path(self.data_prefix["seg_map_path"])
         for folder in (image_dir, label_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(f"{folder}: split folder not found (the ADE20K layout has "
+                raise MissingInputError(f"{folder}: split folder not found (the ADE20K layout has "
                                         "<root>/images/<folder> and <root>/annotations/<folder>)")
         images = sorted(image_dir.glob(f"*{self.img_suffix}"))
         if not images:
-            raise FileNotFoundError(f"{image_dir}: no {self.img_suffix} images in this split folder")
+            raise MissingInputError(f"{image_dir}: no {self.img_suffix} images in this split folder")
         labels = [label_dir / image.with_suffix(self.seg_map_suffix).name for image in images]
         missing = [(image, label) for image, label in zip(images, labels, strict=True) if not label.is_file()]
         if missing:
             image, label = missing[0]
-            raise FileNotFoundError(f"{label}: label png not found for image {image} "
+            raise MissingInputError(f"{label}: label png not found for image {image} "
                                     f"({len(missing)} of {len(images)} images in {image_dir} have none)")
         return [dict(img_path=str(image), seg_map_path=str(label), label_map=self.label_map,
                      reduce_zero_label=self.reduce_zero_label, seg_fields=[])
@@ -93,8 +94,8 @@ class CheckSegLabels(BaseTransform):
         """Raises ValueError naming the files; returns `results` unchanged."""
         labels, image_size = results["gt_seg_map"], tuple(results["ori_shape"][:2])
         if labels.shape != image_size:
-            raise ValueError(f"label {results['seg_map_path']} is {_size(labels.shape)} (HxW) but its image "
-                             f"{results['img_path']} is {_size(image_size)}")
+            raise UserInputError(f"label {results['seg_map_path']} is {_size(labels.shape)} (HxW) but its image "
+                                 f"{results['img_path']} is {_size(image_size)}")
         # The max alone clears a map without ignored pixels; nearly every ADE20K map has some, so its values are then
         # counted in one pass over the uint8 map (LoadAnnotations casts to it), about 3x faster than np.unique
         if labels.max() >= self.num_classes:
@@ -103,8 +104,8 @@ class CheckSegLabels(BaseTransform):
             bad = np.flatnonzero(counts[self.num_classes:]) + self.num_classes
             if bad.size:
                 raw = (bad + 1 if self.reduce_zero_label else bad).tolist()  # reduction mapped raw v to v - 1
-                raise ValueError(f"label {results['seg_map_path']} has raw values {raw} outside the "
-                                 f"{self.num_classes} classes; allowed: {self._allowed_raw_values()}")
+                raise UserInputError(f"label {results['seg_map_path']} has raw values {raw} outside the "
+                                     f"{self.num_classes} classes; allowed: {self._allowed_raw_values()}")
         return results
 
     def __repr__(self) -> str:

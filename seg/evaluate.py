@@ -10,9 +10,11 @@ from mmengine.dataset import pseudo_collate
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from backbone.safe_io import write_json_atomic
+from backbone.checkpoint import load_trained_model
 from engine import check_gpu, load_config
-from engine.runner import default_eval_dir, load_trained_model, require_one_process
+from engine.errors import UserInputError
+from engine.runner import default_eval_dir, require_one_process
+from engine.safe_io import write_json_atomic
 
 from .data import build_seg_dataset
 from .metric import SegMetric
@@ -38,7 +40,7 @@ def run_seg_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
     cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
     check_gpu(cfg)
     if not cfg.ckpt:
-        raise ValueError("seg eval needs ckpt=PATH: a segmentor checkpoint written by seg train")
+        raise UserInputError("seg eval needs ckpt=PATH: a segmentor checkpoint written by seg train")
     val = build_seg_dataset(cfg.data, "val")
     model = build_segmentor(cfg, len(val.metainfo["classes"]), pretrained=False)
     load_trained_model(model, cfg.ckpt, "seg train", cfg.allow_pickle)

@@ -1,4 +1,4 @@
-"""Our ViT in mmseg's model registry, and mmseg's EncoderDecoder with bf16 inference.
+"""Our ViT in mmseg's model registry, and mmseg's EncoderDecoder without host syncs in training and with bf16 inference.
 
 Everything else of UperNet (Feature2Pyramid neck, UPerHead, FCNHead, losses, sliding-window inference) is
 mmseg's own, built from the config.
@@ -7,18 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from unittest import mock
 
 import torch
+import torch.nn.functional as F
 from mmengine.config import ConfigDict
 from mmengine.model import BaseModule
 from mmengine.registry import DefaultScope
-from mmseg.models.decode_heads import decode_head
+from mmengine.structures import BaseDataElement
+from mmseg.models import SegDataPreProcessor
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
+from torch import nn
 
 from backbone import build_vit
-from engine.hooks import RunningMeans
+from engine.model import RunningMeans
 
 
 @MODELS.register_module()
@@ -43,24 +45,63 @@ def pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return (100 * correct.sum() / valid.sum().clamp(min=1)).reshape(1)
 
 
+def head_losses(head: BaseModule, features: tuple[torch.Tensor, ...], data_samples: list) -> dict[str, torch.Tensor]:
+    """An mmseg decode head's loss terms as its loss_by_feat computes them (each loss_decode module on the logits
+    resized to the labels, terms of one name summed), with acc_seg from `pixel_accuracy`: loss_by_feat calls mmseg's
+    accuracy(), whose boolean-mask indexing waits for the GPU on every step."""
+    labels = torch.stack([sample.gt_sem_seg.data for sample in data_samples])  # (B, 1, H, W)
+    logits = F.interpolate(head(features), size=labels.shape[2:], mode="bilinear", align_corners=head.align_corners)
+    weight = None if head.sampler is None else head.sampler.sample(logits, labels)
+    labels = labels.squeeze(1)
+    criteria = head.loss_decode if isinstance(head.loss_decode, nn.ModuleList) else [head.loss_decode]
+    losses = {}
+    for criterion in criteria:
+        term = criterion(logits, labels, weight=weight, ignore_index=head.ignore_index)
+        name = criterion.loss_name
+        losses[name] = losses[name] + term if name in losses else term
+    losses["acc_seg"] = pixel_accuracy(logits, labels, head.ignore_index)
+    return losses
+
+
+@MODELS.register_module()
+class NonBlockingSegDataPreProcessor(SegDataPreProcessor):
+    """mmseg's SegDataPreProcessor that copies batches to the device without blocking, which mmengine's base class
+    offers (non_blocking=True) but mmseg's constructor does not pass on; a blocking copy waits on every batch."""
+
+    def cast_data(self, data: Any) -> Any:
+        if isinstance(data, (torch.Tensor, BaseDataElement)):
+            return data.to(self.device, non_blocking=True)
+        return super().cast_data(data)  # mmengine recurses through containers with this method
+
+
 @MODELS.register_module()
 class SegEncoderDecoder(EncoderDecoder):
     """mmseg's EncoderDecoder without the host syncs of its training step: batches are copied to the device without
-    blocking, losses and accuracies are summed there (read by DeviceLogHook once per log interval), and the heads'
-    logged acc_seg is `pixel_accuracy`. Inference runs under bf16 autocast too when `bf16` (training gets autocast
-    from the optimizer wrapper); logits come back in float32 for the sliding-window sums and the resize."""
+    blocking (NonBlockingSegDataPreProcessor), losses and accuracies are summed there (read by DeviceLogHook once per
+    log interval), and the heads' losses come from `head_losses`. Inference runs under bf16 autocast too when `bf16`
+    (training gets autocast from the optimizer wrapper); logits come back in float32 for the sliding-window sums and
+    the resize."""
 
     def __init__(self, bf16: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
         self.bf16 = bf16
         self.running_means = RunningMeans()
-        self.data_preprocessor._non_blocking = True  # mmseg's SegDataPreProcessor takes no non_blocking argument
 
     def loss(self, inputs: torch.Tensor, data_samples: list) -> dict[str, torch.Tensor]:
-        """mmseg's losses of both heads; their loss_by_feat calls decode_head's module-level accuracy(), which is
-        swapped for the mask-free `pixel_accuracy` during this call only."""
-        with mock.patch.object(decode_head, "accuracy", pixel_accuracy):
-            return super().loss(inputs, data_samples)
+        """mmseg's EncoderDecoder.loss, keys and order of the heads included, with each head's terms from
+        `head_losses`."""
+        features = self.extract_feat(inputs)
+        return {f"{prefix}.{name}": value for prefix, head in self.training_heads()
+                for name, value in head_losses(head, features, data_samples).items()}
+
+    def training_heads(self) -> list[tuple[str, BaseModule]]:
+        """(key prefix, head) as mmseg names them: the decode head, then the auxiliary head or heads."""
+        heads = [("decode", self.decode_head)]
+        if not self.with_auxiliary_head:
+            return heads
+        if isinstance(self.auxiliary_head, nn.ModuleList):
+            return heads + [(f"aux_{index}", head) for index, head in enumerate(self.auxiliary_head)]
+        return heads + [("aux", self.auxiliary_head)]
 
     def parse_losses(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """The sum of mmseg's loss terms (keys holding 'loss') is optimised; every term is logged (as a scalar: the
@@ -103,8 +144,8 @@ def upernet_config(
     return ConfigDict(  # mmseg reads test_cfg by attribute
         type="SegEncoderDecoder",
         bf16=bf16,
-        data_preprocessor=dict(type="SegDataPreProcessor", mean=MEAN_RGB, std=STD_RGB, bgr_to_rgb=True, pad_val=0,
-                               seg_pad_val=IGNORE_INDEX, size=(crop_size, crop_size)),
+        data_preprocessor=dict(type="NonBlockingSegDataPreProcessor", mean=MEAN_RGB, std=STD_RGB, bgr_to_rgb=True,
+                               pad_val=0, seg_pad_val=IGNORE_INDEX, size=(crop_size, crop_size)),
         backbone=dict(type="ViTBackbone", img_size=crop_size, **backbone),
         neck=dict(type="Feature2Pyramid", embed_dim=width, rescales=[4, 2, 1, 0.5], norm_cfg=norm_cfg),
         decode_head=dict(type="UPerHead", in_channels=[width] * 4, in_index=[0, 1, 2, 3], pool_scales=pool_scales,

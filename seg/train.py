@@ -64,10 +64,10 @@ def build_seg_runner(cfg: Config):
     net = model.backbone.net
     optimizer = adamw_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers,
                                   cfg.optim.betas, backbone_prefix=BACKBONE_PREFIX)
-    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
+    hooks = [ModelMetaHook(BACKBONE_PREFIX, dict(net.config))]
+    runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val, val_metric=SegMetric(),
                                 best_metric="mIoU", collate_fn="pseudo_collate", val_batch_size=1)
-    runner.register_hook(ModelMetaHook(BACKBONE_PREFIX, dict(net.config)))
     runner.logger.info(f"UperNet, ViT-{cfg.model.size} at {cfg.data.crop_size} px, on {len(train)} images / "
                        f"{len(classes)} classes; effective batch {cfg.effective_batch}, lr {cfg.optim.lr:.3g}, "
                        f"layer decay {cfg.optim.layer_decay}, {cfg.schedule.iterations} steps")

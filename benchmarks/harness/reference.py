@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.errors import UserInputError
+
 METRICS = (
     "ft_top1", "position", "APb", "APb50", "APb75", "APm", "APm50", "APm75", "mIoU", "aAcc",
     "ft_top1_vitl", "posprobe_pretrained", "posprobe_finetuned",
@@ -124,11 +126,11 @@ def parse_reference(ref: str) -> tuple[PaperTable, str]:
     """(table, row id) of a "tabN:row id" reference; ValueError listing the valid choices otherwise."""
     key, sep, row_id = ref.partition(":")
     if not sep or key not in TABLES:
-        raise ValueError(f"unknown paper reference {ref!r}: expected '<table>:<row id>' with table one of "
-                         f"{', '.join(TABLES)}")
+        raise UserInputError(f"unknown paper reference {ref!r}: expected '<table>:<row id>' with table one "
+                             f"of {', '.join(TABLES)}")
     table = TABLES[key]
     if row_id not in table.rows:
-        raise ValueError(f"unknown paper reference {ref!r}: {key} has rows {', '.join(map(repr, table.rows))}")
+        raise UserInputError(f"unknown paper reference {ref!r}: {key} has rows {', '.join(map(repr, table.rows))}")
     return table, row_id
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from backbone.safe_io import write_bytes_atomic
+from engine.safe_io import write_bytes_atomic
 
 from .reference import METRICS, POSITION_GRID_GAMMA, POSITION_GRID_GAMMA_POS, TABLES, PaperTable, parse_reference
 from .suite import slug

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.errors import UserInputError
+
 from .process import LOG_FILE, log_tail, read_metrics, run_logged
 from .report import Result, write_report
 from .slurm import run_on_scheduler
@@ -20,6 +22,10 @@ from .store import JobRecord, ResultsStore, run_jobs
 from .suite import Job, Suite, expand_jobs
 
 STORE_FILE = "results.sqlite"
+
+
+class JobsFailedError(UserInputError):
+    """Jobs of a suite failed: their logs hold the tracebacks, so the command that ran them ends with one line."""
 
 
 def store_path(suite: Suite) -> Path:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from engine.errors import UserInputError
+
 STATES = ("pending", "running", "done", "failed")
 SCHEMA_VERSION = 2  # 2: external_id
 BUSY_TIMEOUT_MS = 30_000  # a second harness or `bench status` holds the write lock for milliseconds, never this long
@@ -137,8 +139,8 @@ class ResultsStore:
                                "updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
                                (job_id, suite, checkpoint, benchmark, config_json, work_dir, _now()))
                 elif row[0] != config_json:
-                    raise ValueError(f"job {job_id!r} is already stored with a different config; "
-                                     "give the new config a new job id")
+                    raise UserInputError(f"job {job_id!r} is already stored with a different config; "
+                                         "give the new config a new job id")
 
     def claim(self, job_id: str) -> bool:
         """Mark a pending, failed or interrupted job as running in this process; False if it is done, another

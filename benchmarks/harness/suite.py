@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from engine.errors import MissingInputError, UserInputError
+
 from .reference import parse_reference
 
 # benchmark name -> (CLI words, dataset kind, {metrics.json key: (report key, factor to percent)})
@@ -62,7 +64,7 @@ BENCHMARK_KEYS = {"name", "config", "overrides"}
 SUITES_DIR = Path(__file__).parents[1] / "suites"
 
 
-class SuiteError(ValueError):
+class SuiteError(UserInputError):
     """A suite file is wrong; the message starts with 'file:line:'."""
 
 
@@ -166,7 +168,7 @@ def resolve_suite(name: str | Path) -> Path:
     shipped = SUITES_DIR / f"{name}.yaml"
     if not shipped.is_file():
         known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no suite file {name!r} and no shipped suite of that name; shipped: {known}")
+        raise MissingInputError(f"no suite file {name!r} and no shipped suite of that name; shipped: {known}")
     return shipped
 
 
@@ -174,7 +176,7 @@ def load_suite(path: str | Path) -> Suite:
     """Read and check a suite file; every error names the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"suite file not found: {path}")
+        raise MissingInputError(f"suite file not found: {path}")
     try:
         root = yaml.compose(path.read_text())
     except yaml.YAMLError as err:

@@ -30,6 +30,7 @@ from benchmarks.synthetic.scenes import (
     Scene,
     render_scene,
 )
+from engine.errors import OutputExistsError, UserInputError
 
 __all__ = [
     "COCO_CATEGORY_IDS", "GENERATOR_VERSION", "GROUND_ID", "IGNORE_ID", "META_FILE", "OBJECT_CLASSES",
@@ -71,22 +72,22 @@ def _check_arguments(num_images: int, size: int, seed: int, val_fraction: float)
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} must be an integer, got {value!r}")
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise UserInputError(f"num_images must be >= 1, got {num_images}")
     if size < 32 or size % 16:
-        raise ValueError(f"size must be a multiple of 16 and >= 32, got {size}")
+        raise UserInputError(f"size must be a multiple of 16 and >= 32, got {size}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise UserInputError(f"seed must be >= 0, got {seed}")
     if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+        raise UserInputError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
 
 
 def _prepare(root: Path, overwrite: bool) -> Path:
     """Create `root`, refusing to mix with existing content unless asked to replace ours."""
     if root.exists() and not root.is_dir():
-        raise FileExistsError(f"output path {root} exists and is not a directory")
+        raise OutputExistsError(f"output path {root} exists and is not a directory")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"output directory {root} is not empty; pass overwrite=True to replace it")
+            raise OutputExistsError(f"output directory {root} is not empty; pass overwrite=True to replace it")
         for name in LAYOUT_DIRS:
             shutil.rmtree(root / name, ignore_errors=True)
         (root / META_FILE).unlink(missing_ok=True)

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_api
 
-from backbone.safe_io import write_json_atomic
 from benchmarks.synthetic.scenes import IGNORE_ID, OBJECT_CLASSES, SEMANTIC_CLASSES, Instance, Scene
+from engine.safe_io import write_json_atomic
 
 GENERATOR_VERSION = "1.1"
 # Gaps like COCO's own ids, so code that maps category ids to contiguous labels is exercised.

@@ -56,6 +56,33 @@ def test_convert_errors_exit_2_with_message(tmp_path, mae_file, capsys):
     assert not (tmp_path / "o.pth").exists() and not (tmp_path / "o.safetensors").exists()
 
 
+def test_a_user_error_is_one_line_and_exit_2(tmp_path, capsys):
+    suite = tmp_path / "missing.yaml"
+    assert main(["bench", "status", str(suite)]) == 2
+    assert capsys.readouterr().err == f"droppos-bench: error: suite file not found: {suite}\n"
+
+
+def test_a_bug_is_not_swallowed(tmp_path, mae_file, monkeypatch):
+    """A ValueError from a bug (not a UserInputError) leaves main, so Python prints its traceback."""
+    def buggy_load_model(*args, **kwargs):
+        raise ValueError("a bug, not the user's input")
+
+    monkeypatch.setattr("benchmarks.cli.load_model", buggy_load_model)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["convert", str(mae_file[1]), str(tmp_path / "o.safetensors")])
+
+
+def test_a_bug_shows_its_traceback_and_python_exit_code(tmp_path, mae_file):
+    script = ("import sys, benchmarks.cli as cli\n"
+              "def bug(*args, **kwargs): raise ValueError('a bug')\n"
+              "cli.load_model = bug\n"
+              "sys.exit(cli.main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", script, "convert", str(mae_file[1]), str(tmp_path / "o.pth")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
+    assert "ValueError: a bug" in result.stderr and "droppos-bench: error" not in result.stderr
+
+
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "benchmarks.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "convert" in result.stdout and "demo" in result.stdout

@@ -1,7 +1,9 @@
 """The segmentation benchmark runs its real pipeline and mmseg's sliding window end to end on a tiny model, and
 by default times the model of the mmseg figures it prints beside its own."""
+import re
 import sys
 
+import pytest
 import torch
 
 from benchmarks import seg_throughput
@@ -13,9 +15,11 @@ def test_prints_train_and_sliding_window_rates(monkeypatch, capsys):
                                       "--device", "cpu"])
     seg_throughput.main()
     out = capsys.readouterr().out
-    train = next(line for line in out.splitlines() if "batch 2: train" in line)
-    assert "it/s" in train and "images/s" in train
-    assert "64 x 100 images" in out and "x mmseg's 140 ms/image" in out
+    iterations, images = map(float, re.search(r"batch 2: train ([\d.]+) it/s \(([\d.]+) images/s", out).groups())
+    assert images > 0 and iterations == pytest.approx(images / 2, abs=0.006)  # both from one measured rate
+    rate, ms, ratio = map(float, re.search(r"64 x 100 images: ([\d.]+) images/s \((\d+) ms/image\) = ([\d.]+) x "
+                                           r"mmseg's 140 ms/image", out).groups())
+    assert ms == pytest.approx(1000 / rate, rel=0.01, abs=1) and ratio == pytest.approx(rate * 0.140, abs=0.01)
     assert "upernet_vit_base_160k_mae's model (stride 43)" in out  # 341 of 512, at 64 px
 
 

@@ -157,7 +157,7 @@ def test_unreadable_training_image_is_named_or_skipped_and_counted(tmp_path, dat
     assert main(["cls", "finetune", "finetune_tiny_synth", f"work_dir={tmp_path / 'stop'}", *args]) == 2
     assert f"{broken}: unreadable image" in capsys.readouterr().err
     skip = tmp_path / "skip"
-    assert main(["cls", "finetune", "finetune_tiny_synth", f"work_dir={skip}", "data.skip_unreadable=True",
+    assert main(["cls", "finetune", "finetune_tiny_synth", f"work_dir={skip}", "data.skip_invalid=True",
                  *args]) == 0
     log = next(skip.glob("*/*.log")).read_text()
     assert f"{broken}: unreadable image skipped" in log and "1 unreadable images skipped so far" in log

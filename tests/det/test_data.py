@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as F
 
 from benchmarks.synthetic import COCO_CATEGORY_IDS, synthesize
 from det.data import PAD_RGB, CocoDetection, coco_paths, collate, eval_transform, fitted_size, lsj_transform
-from pretrain.data import UnreadableImageError
+from engine.images import UnreadableImageError
 
 SIZE = 64
 

@@ -208,3 +208,43 @@ def test_boxes_are_decoded_in_float32_under_bf16_autocast():
     assert dtypes.pop("backbone") == torch.bfloat16  # autocast is on
     assert dtypes == {"anchors": torch.float32, "rpn head": torch.float32, "proposals": torch.float32}
     assert output["boxes"].dtype == torch.float32 and len(output["boxes"]) > 0
+
+
+def test_torchvisions_rpn_and_roi_heads_still_call_what_we_override(monkeypatch):
+    """det/model.py overrides methods that torchvision's RegionProposalNetwork.forward and RoIHeads call internally
+    (not public API): if an upgrade stops calling them, or calls them with other arguments or return shapes, the
+    detector would silently fall back to torchvision's behaviour. This test says which contract broke."""
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    torch.manual_seed(0)
+    model = build_mask_rcnn(3, "tiny", **TINY).train()
+    calls = {}
+
+    def spy(cls, name):
+        original = getattr(cls, name)
+
+        def recorded(self, *args, **kwargs):
+            calls[name] = (len(args), sorted(kwargs))
+            result = original(self, *args, **kwargs)
+            calls[name + " returns"] = len(result)
+            return result
+        monkeypatch.setattr(cls, name, recorded)
+
+    spy(ViTDetRPN, "compute_loss")
+    spy(ViTDetRPN, "filter_proposals")
+    spy(RoIHeads, "select_training_samples")
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[:, 10:30, 20:50] = 1
+    target = dict(boxes=torch.tensor([[20.0, 10.0, 50.0, 30.0]]), labels=torch.tensor([2]), masks=masks)
+    model(torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8), [target],
+          [dict(image_id=0, image_size=(64, 64), orig_size=(64, 64), scale=1.0)])
+    upgrade = "torchvision changed an internal call det/model.py relies on: "
+    assert calls.get("filter_proposals") == (4, []), upgrade + (
+        "RegionProposalNetwork.forward no longer calls filter_proposals(proposals, objectness, image_shapes, "
+        f"num_anchors_per_level) (ViTDetRPN ranks proposals by logit there); saw {calls.get('filter_proposals')}")
+    assert calls.get("compute_loss") == (4, []), upgrade + (
+        "RegionProposalNetwork.forward no longer calls compute_loss(objectness, pred_bbox_deltas, labels, "
+        f"regression_targets) (ViTDetRPN's L1 loss); saw {calls.get('compute_loss')}")
+    assert calls.get("select_training_samples returns") == 4, upgrade + (
+        "RoIHeads.select_training_samples no longer returns (proposals, matched_idxs, labels, regression_targets), "
+        "which ViTDetRoIHeads.forward unpacks")

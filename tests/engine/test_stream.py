@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from engine import build_train_runner
-from engine.hooks import DeviceLoggedModel
+from engine.images import SharedCounter
+from engine.model import DeviceLoggedModel
 from engine.runner import TrainSpec
 from engine.stream import StreamSampler
-from pretrain.data import SharedCounter
 
 
 def take(sampler, count):
@@ -95,3 +95,17 @@ def test_resumed_run_equals_the_uninterrupted_one_without_reloading_data(tmp_pat
         assert torch.equal(value, resumed.state_dict()[name]), name
     lrs = [group["lr"] for group in runner.optim_wrapper.param_groups]
     assert lrs == pytest.approx([0.05 * 0.1])  # the step at optimizer step 5 happened
+
+
+def test_mmengines_loop_still_advances_a_resumed_run_through_its_dataloader_iterator():
+    """StreamIterLoop relies on how mmengine's IterBasedTrainLoop.run skips ahead (not public API); this says what
+    broke if an upgrade changes it (the resume test above would only show other weights or reloaded batches)."""
+    import inspect
+
+    from mmengine.runner import IterBasedTrainLoop
+
+    source = inspect.getsource(IterBasedTrainLoop.run)
+    assert "range(self._iter)" in source and "next(self.dataloader_iterator)" in source, (
+        "mmengine's IterBasedTrainLoop.run no longer advances a resumed loop by calling next(self.dataloader_iterator) "
+        "self._iter times: engine/stream.py's StreamIterLoop hands it a _Skipped iterator for that and needs a new "
+        "way to start the stream at the resumed iteration")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine import build_train_runner
-from engine.hooks import DeviceLoggedModel
+from engine.model import DeviceLoggedModel
 from engine.runner import TrainSpec, iterations_per_epoch
 
 

@@ -20,9 +20,9 @@ from torchvision import transforms
 
 from benchmarks.cli import main
 from benchmarks.synthetic.ramps import write_ramp_images
+from engine.images import image_folder
 from pretrain.build import load_droppos
-from pretrain.data import image_folder
-from pretrain.position_eval import POS_MASK_RATIOS, format_grid, position_accuracy_grid
+from pretrain.position_accuracy import POS_MASK_RATIOS, format_grid, position_accuracy_grid
 
 SIZE, GRID, STEP = 64, 4, 0.08  # 64 px, 16 px patches: 4 x 4 = 16 positions, chance 6.25%
 EPOCHS, TRAIN_IMAGES, VAL_IMAGES = 16, 1600, 128  # 50 iterations of 32 per epoch: 800 iterations

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.data import UnreadableImageError, eval_transform, image_folder
+from engine.images import UnreadableImageError, eval_transform, image_folder
 
 
 def write_jpeg(path, value):
@@ -36,7 +36,7 @@ def test_unreadable_images_name_the_file(folder):
     garbage = folder / "train" / "a" / "a1.JPEG"
     garbage.write_bytes(b"not an image at all")
     dataset = image_folder(folder, "train", eval_transform(32))
-    with pytest.raises(UnreadableImageError, match=r"a1\.JPEG: unreadable image .*data\.skip_unreadable=True"):
+    with pytest.raises(UnreadableImageError, match=r"a1\.JPEG: unreadable image .*data\.skip_invalid=True"):
         dataset[1]
     truncated = folder / "train" / "b" / "b0.JPEG"
     buffer = io.BytesIO()
@@ -51,7 +51,7 @@ def test_unreadable_images_name_the_file(folder):
 
 def test_skipped_images_are_replaced_and_counted_across_workers(folder):
     (folder / "train" / "a" / "a1.JPEG").write_bytes(b"GIF89a broken")
-    dataset = image_folder(folder, "train", eval_transform(32), skip_unreadable=True)
+    dataset = image_folder(folder, "train", eval_transform(32), skip_invalid=True)
     image, label = dataset[1]  # a1 is replaced by the next sample, b0
     reference, _ = image_folder(folder, "train", eval_transform(32))[2]
     assert label == 1 and torch.equal(image, reference)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from backbone import build_vit
+from backbone.masking import patchify, random_split, unpatchify
 from pretrain.mae import MAE, reconstruction_loss
-from pretrain.masking import patchify, random_split, unpatchify
 
 
 def tiny_mae(**kwargs):

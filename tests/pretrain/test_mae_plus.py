@@ -5,10 +5,11 @@ import torch
 from PIL import Image
 
 from backbone import build_vit, export_checkpoint, load_model
-from pretrain.data import MultiCrop, pretrain_transform
+from backbone.masking import patchify, unpatchify
+from engine.images import pretrain_transform
+from pretrain.data import MultiCrop
 from pretrain.mae import reconstruction_loss
 from pretrain.mae_plus import MAEPlus
-from pretrain.masking import patchify, unpatchify
 
 
 def tiny_mae_plus(**kwargs):

@@ -9,9 +9,9 @@ from backbone import load_model
 from benchmarks.cli import main
 from benchmarks.synthetic import synthesize
 from engine import load_config
+from engine.images import eval_transform, image_folder
 from pretrain.build import load_droppos
-from pretrain.data import eval_transform, image_folder
-from pretrain.position_eval import position_accuracy_grid
+from pretrain.position_accuracy import position_accuracy_grid
 from pretrain.train import CONFIGS_DIR, build_pretrain_runner
 
 RUN = {"schedule.epochs": 3, "log_interval": 1, "batch_size": 16, "effective_batch": 32}

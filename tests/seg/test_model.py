@@ -72,6 +72,15 @@ def test_a_training_step_never_calls_mmsegs_masked_accuracy(model, monkeypatch):
     assert 0 <= logged["decode.acc_seg"].item() <= 100
 
 
-def test_batches_are_copied_to_the_device_without_blocking(model):
+def test_batches_are_copied_to_the_device_without_blocking(model, monkeypatch):
     """mmseg's SegDataPreProcessor takes no non_blocking argument; the default would wait on every copy."""
-    assert model.data_preprocessor._non_blocking is True
+    copies = []
+    tensor_to = torch.Tensor.to
+
+    def record(tensor, *args, **kwargs):
+        copies.append(kwargs.get("non_blocking"))
+        return tensor_to(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", record)
+    model.data_preprocessor(batch(), training=True)
+    assert len(copies) >= 4 and all(copies), copies  # two images, two label maps

@@ -48,7 +48,7 @@ require_gpu = True  # stop at start when torch sees no GPU (a recipe sized for G
 precision = "bf16"  # autocast in training and evaluation; "fp32" to turn it off
 compile = False  # torch.compile the backbone
 log_interval = 20
-checkpoint = dict(interval=5000, max_keep=2)  # every 5000 steps, keep the last 2 (plus last_checkpoint)
+checkpoint = dict(interval=5000, max_keep=2)  # every 5000 steps, keep the last 2 (plus last and best box AP)
 seed = 0
 work_dir = None  # default: work_dirs/<config name>
 resume = False  # True: continue from the last checkpoint in work_dir; or a checkpoint path

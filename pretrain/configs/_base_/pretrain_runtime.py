@@ -5,7 +5,7 @@ data = dict(
     crop_scale=(0.2, 1.0),  # RandomResizedCrop scale; flip; nothing else
     hflip=0.5,  # probability of a horizontal flip
     num_workers=10,  # data-loader processes per GPU
-    skip_unreadable=False,  # an image PIL cannot decode stops the run with its name; True skips (and counts) it
+    skip_invalid=False,  # an image PIL cannot decode stops the run with its name; True skips (and counts) it
 )
 # Images per optimizer step over all GPUs and accumulation steps; it sets the lr and is the same at any scale.
 effective_batch = 4096

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from backbone.safe_io import atomic_path
+from engine.safe_io import atomic_path
 
 from .droppos import DropPos
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from backbone import build_vit
 from pretrain import DropPos
-from pretrain.position_eval import (
+from pretrain.position_accuracy import (
     HEADER,
     case_seed,
     format_grid,

@@ -9,7 +9,7 @@ from backbone import build_vit, export_checkpoint
 from benchmarks.cli import main
 from benchmarks.synthetic import synthesize
 from cls.finetune import CONFIGS_DIR
-from cls.posprobe import PositionProbe, build_posprobe_runner
+from cls.position_probe import PositionProbe, build_posprobe_runner
 from engine import load_config
 
 

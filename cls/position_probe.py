@@ -15,11 +15,12 @@ from mmengine.hooks import Hook
 from torch import nn
 
 from backbone import VisionTransformer, load_model
+from backbone.masking import random_mask
 from engine import build_train_runner, peak_lr
-from engine.hooks import DeviceLoggedModel, unwrap_model
+from engine.errors import UserInputError
+from engine.images import eval_transform, image_folder, pretrain_transform
+from engine.model import DeviceLoggedModel, unwrap_model
 from engine.runner import TrainSpec, train_from_config
-from pretrain.data import eval_transform, image_folder, pretrain_transform
-from pretrain.masking import random_mask
 
 from .finetune import CONFIGS_DIR
 from .metric import TopKAccuracy
@@ -92,20 +93,19 @@ class ProbeMasksHook(Hook):
 def build_posprobe_runner(cfg):
     """Frozen encoder from `cfg.ckpt` (pre-trained or fine-tuned; architecture from its weights), the probe, AdamW."""
     if not cfg.ckpt:
-        raise ValueError("cls posprobe needs ckpt=PATH (the backbone to probe)")
+        raise UserInputError("cls posprobe needs ckpt=PATH (the backbone to probe)")
     net, report = load_model(cfg.ckpt, allow_pickle=cfg.allow_pickle, img_size=cfg.model.img_size)
     img_size = cfg.model.img_size
     train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
-                         cfg.data.skip_unreadable)
-    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_unreadable)
+                         cfg.data.skip_invalid)
+    val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_invalid)
     model = PositionProbe(net, cfg.model.drop_ratio, cfg.seed)
     lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     params = [model.mask_pos_token, *model.head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
-    runner = build_train_runner(TrainSpec.from_config(cfg), model, train, optimizer,
+    runner = build_train_runner(TrainSpec.from_config(cfg, [ProbeMasksHook()]), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
                                 val_metric=TopKAccuracy(), best_metric="top1")
-    runner.register_hook(ProbeMasksHook())
     runner.logger.info(f"position probe of {cfg.ckpt}\n{report}")
     return runner
 

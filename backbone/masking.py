@@ -1,4 +1,5 @@
-"""Per-sample random masking shared by DropPos and MAE: argsort of uniform noise, gather-based."""
+"""Per-sample random masking of a ViT's tokens (DropPos, MAE, the position probe): argsort of uniform
+noise, gather-based."""
 from __future__ import annotations
 
 import torch

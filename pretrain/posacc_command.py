@@ -1,4 +1,5 @@
-"""`droppos-bench posacc`: the position-accuracy grid of paper Tab. S3 (and Fig. 3) for a DropPos checkpoint."""
+"""`droppos-bench posacc`: loads a DropPos checkpoint and the data, runs the measurement of pretrain.position_accuracy
+(paper Tab. S3 grid, Fig. 3) and prints or writes the results."""
 from __future__ import annotations
 
 import logging
@@ -10,12 +11,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from backbone.safe_io import write_json_atomic
+from engine.images import eval_transform, image_folder
 from engine.runner import require_one_process
+from engine.safe_io import write_json_atomic
 
 from .build import load_droppos
-from .data import eval_transform, image_folder
-from .position_eval import MASK_RATIOS, POS_MASK_RATIOS, format_grid, position_accuracy_grid, reconstruction_figure
+from .position_accuracy import MASK_RATIOS, POS_MASK_RATIOS, format_grid, position_accuracy_grid, reconstruction_figure
 
 log = logging.getLogger("droppos_bench")
 
