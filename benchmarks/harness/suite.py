@@ -69,7 +69,9 @@ class SuiteError(UserInputError):
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class CheckpointEntry:
+    """One checkpoint of a suite file: where it is, how to read it, and its row label (backbone.Checkpoint is a
+    state dict read from a file)."""
     label: str
     path: str | None  # None: random init
     format: str = "auto"
@@ -93,7 +95,7 @@ class Suite:
     work_dir: Path
     backend: dict[str, Any]
     data: dict[str, str]
-    checkpoints: tuple[Checkpoint, ...]
+    checkpoints: tuple[CheckpointEntry, ...]
     benchmarks: tuple[Benchmark, ...]
     synthetic: bool = False
 
@@ -103,7 +105,7 @@ class Job:
     """One checkpoint through one benchmark: the CLI arguments that run it and where it writes."""
 
     job_id: str
-    checkpoint: Checkpoint
+    checkpoint: CheckpointEntry
     benchmark: str
     args: tuple[str, ...]  # after `droppos-bench`
     work_dir: Path
@@ -250,7 +252,7 @@ def _positive(doc: _Located, node: yaml.Node, what: str, types: tuple[type, ...]
     return value
 
 
-def _checkpoint(doc: _Located, node: yaml.Node) -> Checkpoint:
+def _checkpoint(doc: _Located, node: yaml.Node) -> CheckpointEntry:
     items = doc.mapping(node, CHECKPOINT_KEYS, "a checkpoint")
     if "label" not in items:
         raise doc.error(node, "a checkpoint needs a 'label'")
@@ -286,7 +288,7 @@ def _checkpoint(doc: _Located, node: yaml.Node) -> Checkpoint:
         if unknown:
             raise doc.error(items["benchmarks"][1], f"unknown benchmarks {unknown}; expected from {sorted(BENCHMARKS)}")
     fmt = doc.text(items["format"][1], "format") if "format" in items else "auto"
-    return Checkpoint(label, path, fmt, epochs, reference, overrides, only)
+    return CheckpointEntry(label, path, fmt, epochs, reference, overrides, only)
 
 
 def _benchmark(doc: _Located, node: yaml.Node) -> Benchmark:
@@ -348,7 +350,7 @@ def file_version(path: str | None) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def _arguments(words: tuple[str, ...], benchmark: Benchmark, checkpoint: Checkpoint, model: str | None,
+def _arguments(words: tuple[str, ...], benchmark: Benchmark, checkpoint: CheckpointEntry, model: str | None,
                root: str) -> tuple[str, ...]:
     """The CLI words of a job: `model` is the checkpoint (a file, or a training run's work dir), None for random
     init."""

@@ -13,7 +13,7 @@ from benchmarks.cli import main
 from benchmarks.harness import run as harness_run
 from benchmarks.harness.run import job_command, store_path
 from benchmarks.harness.store import ResultsStore
-from benchmarks.harness.suite import Checkpoint, Job, SuiteError, load_suite
+from benchmarks.harness.suite import CheckpointEntry, Job, SuiteError, load_suite
 
 IMAGE = "droppos-bench:test"
 
@@ -104,7 +104,7 @@ def test_no_gpus_no_gpu_flag(layout):
 
 
 def test_in_the_container_jobs_run_the_image_entry_point_and_torchrun_for_several_gpus():
-    checkpoint = Checkpoint("c", "c.pth")
+    checkpoint = CheckpointEntry("c", "c.pth")
     seg = Job("c.seg.1", checkpoint, "seg", ("seg", "train", "upernet"), Path("w"))
     posacc = Job("c.posacc.1", checkpoint, "posacc", ("posacc", "c.pth"), Path("w"))
     several = {"type": "docker", "image": IMAGE, "docker": "docker", "gpus": 4}

@@ -21,7 +21,7 @@ from benchmarks.harness import run as harness_run
 from benchmarks.harness import slurm
 from benchmarks.harness.run import job_command, store_path
 from benchmarks.harness.store import ResultsStore
-from benchmarks.harness.suite import Checkpoint, Job, SuiteError, expand_jobs, load_suite
+from benchmarks.harness.suite import CheckpointEntry, Job, SuiteError, expand_jobs, load_suite
 from benchmarks.synthetic import synthesize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -333,7 +333,7 @@ def test_a_killed_harness_leaves_its_jobs_to_slurm_and_the_next_one_waits_for_th
 
 
 def test_a_slurm_job_runs_torchrun_with_its_gpus_and_posacc_in_one_process():
-    checkpoint = Checkpoint("c", "c.pth")
+    checkpoint = CheckpointEntry("c", "c.pth")
     seg = Job("c.seg.1", checkpoint, "seg", ("seg", "train", "upernet"), Path("w"))
     posacc = Job("c.posacc.1", checkpoint, "posacc", ("posacc", "c.pth"), Path("w"))
     backend = {"type": "slurm", "timeout_min": 60, "gpus": 4}
