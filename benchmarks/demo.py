@@ -95,19 +95,16 @@ def smoke_check_backbone(data: Path, size: int, out: Path) -> dict[str, Any]:
 def pretrain_tiny(config: str, name: str, data: Path, size: int, out: Path, train_images: int) -> Path:
     """A few epochs of a tiny pre-training recipe on the demo scenes; its last checkpoint (decoder included, for
     position accuracy) is linked as out/<name>.pth, where the demo suite looks for it."""
-    from engine import load_config
-    from pretrain.train import CONFIGS_DIR, build_pretrain_runner, export_encoder
+    from pretrain.train import run_pretrain
 
     batch = min(16, train_images)
-    cfg = load_config(config, {"data.root": str(data), "work_dir": str(out / f"pretrain_{name}"),
-                               "model.img_size": size, "batch_size": batch, "effective_batch": batch,
-                               "schedule.epochs": PRETRAIN_EPOCHS, "log_interval": 3}, configs_dir=CONFIGS_DIR)
-    runner = build_pretrain_runner(cfg)
-    runner.train()
-    export_encoder(runner, cfg)
+    work_dir = out / f"pretrain_{name}"
+    run_pretrain(config, {"data.root": str(data), "work_dir": str(work_dir), "model.img_size": size,
+                          "batch_size": batch, "effective_batch": batch, "schedule.epochs": PRETRAIN_EPOCHS,
+                          "log_interval": 3})
     link = out / f"{name}.pth"
     link.unlink(missing_ok=True)
-    link.symlink_to((Path(runner.work_dir) / f"epoch_{PRETRAIN_EPOCHS}.pth").resolve())
+    link.symlink_to((work_dir / f"epoch_{PRETRAIN_EPOCHS}.pth").resolve())
     return link
 
 

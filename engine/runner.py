@@ -297,13 +297,18 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     )
 
 
-def train_from_config(build_runner: Callable[[Config], Runner], configs_dir: Path, config: str | Path,
-                      overrides: dict[str, Any] | None = None) -> Path:
-    """Read `config` (a file, or a name shipped in `configs_dir`) with `key=value` overrides, build its Runner
-    with `build_runner` and train; returns the path of work_dir/metrics.json."""
+def trained_runner(build_runner: Callable[[Config], Runner], configs_dir: Path, config: str | Path,
+                   overrides: dict[str, Any] | None = None) -> Runner:
+    """Read `config` (a file, or a name shipped in `configs_dir`) with `key=value` overrides, check it against the
+    machine, build its Runner with `build_runner` and train it; every training command starts here."""
     cfg = load_config(config, overrides, configs_dir=configs_dir)
     check_gpu(cfg)
     runner = build_runner(cfg)
     runner.train()
-    return Path(runner.work_dir) / "metrics.json"
+    return runner
 
+
+def train_from_config(build_runner: Callable[[Config], Runner], configs_dir: Path, config: str | Path,
+                      overrides: dict[str, Any] | None = None) -> Path:
+    """`trained_runner`, for the commands whose result is work_dir/metrics.json (its path is returned)."""
+    return Path(trained_runner(build_runner, configs_dir, config, overrides).work_dir) / "metrics.json"

@@ -8,15 +8,15 @@ import torch
 from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
-from mmengine.runner import set_random_seed
+from mmengine.runner import Runner, set_random_seed
 from timm.optim import param_groups_weight_decay
 
 from backbone import export_checkpoint
-from engine import build_train_runner, check_gpu, load_config, peak_lr
+from engine import build_train_runner, peak_lr
 from engine.hooks import ModelMetaHook
 from engine.images import image_folder, pretrain_transform
 from engine.model import DeviceLoggedModel, unwrap_model
-from engine.runner import TrainSpec
+from engine.runner import TrainSpec, trained_runner
 
 from .adpe import AdPE, adpe_param_groups, project_after_every_step
 from .build import build_pretrain_model
@@ -109,21 +109,18 @@ def optimizer_groups(net: DropPos | MAE | MAEPlus, cfg: Config) -> list[dict[str
     return param_groups_weight_decay(net, cfg.optim.weight_decay)
 
 
-def export_encoder(runner, cfg: Config) -> Path:
+def export_encoder(runner: Runner) -> Path:
     """Write the trained encoder in our format (decoder and mask tokens dropped) as work_dir/encoder.safetensors."""
     net = unwrap_model(runner.model).net
-    meta = dict(pretrain=dict(cfg.model), config=cfg.config_name, epochs=runner.epoch)
+    meta = dict(pretrain=dict(runner.cfg.model), config=runner.cfg.config_name, epochs=runner.epoch)
     return export_checkpoint(net, Path(runner.work_dir) / "encoder.safetensors", meta=meta)
 
 
 def run_pretrain(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Train per `config` (a file or a shipped config name) with `key=value` overrides; returns the encoder path."""
-    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
-    check_gpu(cfg)
-    runner = build_pretrain_runner(cfg)
-    runner.train()
+    runner = trained_runner(build_pretrain_runner, CONFIGS_DIR, config, overrides)
     path = Path(runner.work_dir) / "encoder.safetensors"
     if is_main_process():
-        export_encoder(runner, cfg)
+        export_encoder(runner)
         runner.logger.info(f"encoder written to {path}")
     return path
