@@ -9,11 +9,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbone import VisionTransformer
-from engine import check_gpu, load_config
-from engine.errors import UserInputError
+from engine.evaluation import eval_config, write_eval_metrics
 from engine.images import eval_transform, image_folder
-from engine.runner import default_eval_dir, require_one_process
-from engine.safe_io import write_json_atomic
 
 from .finetune import CONFIGS_DIR, build_classifier
 from .metric import TopKAccuracy
@@ -34,19 +31,14 @@ def evaluate_classifier(net: VisionTransformer, loader: DataLoader, device: torc
 
 def run_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (a fine-tuned checkpoint, head included) per `config`; returns the metrics.json path."""
-    require_one_process("cls eval")
-    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
-    check_gpu(cfg)
-    if not cfg.ckpt:
-        raise UserInputError("cls eval needs ckpt=PATH: a fine-tuned checkpoint with its classification head")
+    cfg = eval_config("cls eval", config, overrides, CONFIGS_DIR,
+                      "a fine-tuned checkpoint with its classification head")
     val = image_folder(cfg.data.root, "val", eval_transform(cfg.model.img_size), cfg.data.skip_invalid)
     net = build_classifier(cfg, len(val.classes), fine_tuned=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = DataLoader(val, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda")
     metrics = evaluate_classifier(net, loader, device, bf16=cfg.precision == "bf16" and device.type == "cuda")
-    out = default_eval_dir(cfg) / "metrics.json"
-    write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), split="val", images=len(val),
-                                **metrics))
+    out = write_eval_metrics(cfg, len(val), metrics)
     print(f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  ({len(val)} images) -> {out}")
     return out

@@ -9,10 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from engine import check_gpu, load_config
-from engine.errors import UserInputError
-from engine.runner import default_eval_dir, require_one_process
-from engine.safe_io import write_json_atomic
+from engine.evaluation import eval_config, write_eval_metrics
+from engine.runner import default_eval_dir
 
 from .checkpoint import load_detector
 from .coco_metric import CocoMetric
@@ -35,11 +33,8 @@ def evaluate_detector(model: ViTDetMaskRCNN, loader: DataLoader, metric: CocoMet
 def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (written by det train, or a detectron2 ViTDet Mask R-CNN file) per `config`; returns the
     metrics.json path."""
-    require_one_process("det eval")
-    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
-    check_gpu(cfg)
-    if not cfg.ckpt:
-        raise UserInputError("det eval needs ckpt=PATH: a detector checkpoint written by det train or detectron2")
+    cfg = eval_config("det eval", config, overrides, CONFIGS_DIR,
+                      "a detector checkpoint written by det train or detectron2")
     val = coco_dataset(cfg, "val")
     model = build_detector(cfg, len(val.category_ids), pretrained=False)
     load_detector(model, cfg.ckpt, cfg.allow_pickle)
@@ -50,8 +45,6 @@ def run_det_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
     loader = DataLoader(val, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers, collate_fn=collate,
                         pin_memory=device.type == "cuda")
     metrics = evaluate_detector(model, loader, metric)
-    out = out_dir / "metrics.json"
-    write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), split="val", images=len(val),
-                                skipped=val.skipped.value, **metrics))
+    out = write_eval_metrics(cfg, len(val), metrics, skipped=val.skipped.value)
     print("  ".join(f"{name} {metrics[name] * 100:.1f}" for name in PAPER_METRICS) + f"  ({len(val)} images) -> {out}")
     return out

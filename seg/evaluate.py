@@ -11,10 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from backbone.checkpoint import load_trained_model
-from engine import check_gpu, load_config
-from engine.errors import UserInputError
-from engine.runner import default_eval_dir, require_one_process
-from engine.safe_io import write_json_atomic
+from engine.evaluation import eval_config, write_eval_metrics
 
 from .data import build_seg_dataset
 from .metric import SegMetric
@@ -36,11 +33,7 @@ def evaluate_segmentor(model: SegEncoderDecoder, loader: DataLoader, metric: Seg
 
 def run_seg_eval(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """Evaluate `ckpt` (written by seg train) per `config`; returns the metrics.json path."""
-    require_one_process("seg eval")
-    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
-    check_gpu(cfg)
-    if not cfg.ckpt:
-        raise UserInputError("seg eval needs ckpt=PATH: a segmentor checkpoint written by seg train")
+    cfg = eval_config("seg eval", config, overrides, CONFIGS_DIR, "a segmentor checkpoint written by seg train")
     val = build_seg_dataset(cfg.data, "val")
     model = build_segmentor(cfg, len(val.metainfo["classes"]), pretrained=False)
     load_trained_model(model, cfg.ckpt, "seg train", cfg.allow_pickle)
@@ -49,8 +42,6 @@ def run_seg_eval(config: str | Path, overrides: dict[str, Any] | None = None) ->
     loader = DataLoader(val, batch_size=1, num_workers=cfg.data.num_workers, collate_fn=pseudo_collate,
                         pin_memory=device.type == "cuda")
     metrics = evaluate_segmentor(model, loader, SegMetric())
-    out = default_eval_dir(cfg) / "metrics.json"
-    write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), split="val", images=len(val),
-                                **metrics))
+    out = write_eval_metrics(cfg, len(val), metrics)
     print("  ".join(f"{name} {metrics[name]:.2f}" for name in SUMMARY) + f"  ({len(val)} images) -> {out}")
     return out
