@@ -19,7 +19,7 @@ from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
 from engine.images import eval_transform, image_folder
 from engine.model import DeviceLoggedModel
-from engine.runner import TrainSpec, train_from_config
+from engine.runner import TrainSpec, Validation, train_from_config
 
 from .data import build_mixup, train_transform
 from .metric import TopKAccuracy
@@ -102,8 +102,8 @@ def build_finetune_runner(cfg: Config):
     hooks = [StepEMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
     hooks.append(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
-                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
-                                val_metric=TopKAccuracy(), best_metric="top1")
+                                experiment_name=cfg.config_name, cfg=cfg,
+                                validation=Validation(val, TopKAccuracy(), "top1"))
     runner.logger.info(f"fine-tuning ViT-{cfg.model.size} on {len(train)} images / {len(train.classes)} classes, "
                        f"effective batch {cfg.effective_batch}, peak lr {lr:.3g}, layer decay {cfg.optim.layer_decay}")
     return runner

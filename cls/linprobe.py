@@ -17,7 +17,7 @@ from engine import build_train_runner, peak_lr
 from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
 from engine.images import eval_transform, image_folder, pretrain_transform
-from engine.runner import TrainSpec, train_from_config
+from engine.runner import TrainSpec, Validation, train_from_config
 
 from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, build_classifier, check_same_classes
 from .metric import TopKAccuracy
@@ -76,8 +76,8 @@ def build_linprobe_runner(cfg):
     model = LinearProbe(net, mixup=None, smoothing=0.0, precision=cfg.precision)
     hooks = [ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes)))]
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
-                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
-                                val_metric=TopKAccuracy(), best_metric="top1")
+                                experiment_name=cfg.config_name, cfg=cfg,
+                                validation=Validation(val, TopKAccuracy(), "top1"))
     return runner
 
 

@@ -20,7 +20,7 @@ from engine import build_train_runner, peak_lr
 from engine.errors import UserInputError
 from engine.images import eval_transform, image_folder, pretrain_transform
 from engine.model import DeviceLoggedModel, unwrap_model
-from engine.runner import TrainSpec, train_from_config
+from engine.runner import TrainSpec, Validation, train_from_config
 
 from .finetune import CONFIGS_DIR
 from .metric import TopKAccuracy
@@ -104,8 +104,8 @@ def build_posprobe_runner(cfg):
     params = [model.mask_pos_token, *model.head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
     runner = build_train_runner(TrainSpec.from_config(cfg, [ProbeMasksHook()]), model, train, optimizer,
-                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val,
-                                val_metric=TopKAccuracy(), best_metric="top1")
+                                experiment_name=cfg.config_name, cfg=cfg,
+                                validation=Validation(val, TopKAccuracy(), "top1"))
     runner.logger.info(f"position probe of {cfg.ckpt}\n{report}")
     return runner
 

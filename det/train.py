@@ -15,7 +15,7 @@ from backbone import adamw_layer_decay, load_pretrained
 from engine import build_train_runner
 from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
-from engine.runner import TrainSpec, default_work_dir, train_from_config
+from engine.runner import TrainSpec, Validation, default_work_dir, train_from_config
 
 from .checkpoint import load_detector_state, read_detector
 from .coco_metric import CocoMetric
@@ -88,8 +88,9 @@ def build_det_runner(cfg: Config):
     metric = CocoMetric(val.annotation_file, val.category_ids, results_file=work_dir / RESULTS_FILE)
     hooks = [ModelMetaHook(BACKBONE_PREFIX, dict(net.config))]
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
-                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val, val_metric=metric,
-                                best_metric="APb", collate_fn=collate)
+                                experiment_name=cfg.config_name, cfg=cfg,
+                                validation=Validation(val, metric, "APb"),
+                                collate_fn=collate)
     runner.logger.info(f"ViTDet Mask R-CNN, ViT-{cfg.model.size} at {cfg.model.img_size} px, on {len(train)} images / "
                        f"{len(train.category_ids)} classes; effective batch {cfg.effective_batch}, lr "
                        f"{cfg.optim.lr:.3g}, layer decay {cfg.optim.layer_decay}, {cfg.schedule.iterations} steps")

@@ -216,18 +216,27 @@ def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulat
     return schedule
 
 
+@dataclass
+class Validation:
+    """What a training run evaluates on: `dataset` with `metric` (one loader of `batch_size` images, default: the
+    training batch size), keeping the checkpoint with the highest `best_metric`."""
+
+    dataset: torch.utils.data.Dataset
+    metric: BaseMetric
+    best_metric: str
+    batch_size: int | None = None
+
+
 def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.data.Dataset,
                        optimizer: torch.optim.Optimizer, experiment_name: str, cfg: Any = None,
-                       launcher: str | None = None, val_dataset: torch.utils.data.Dataset | None = None,
-                       val_metric: BaseMetric | None = None, best_metric: str | None = None,
-                       collate_fn: Any = "default_collate", val_batch_size: int | None = None) -> TrainRunner:
+                       launcher: str | None = None, validation: Validation | None = None,
+                       collate_fn: Any = "default_collate") -> TrainRunner:
     """A Runner for `model` on `dataset` with `optimizer` (whose lr already is the peak lr), epoch- or
-    iteration-based as `spec` says; `collate_fn` batches both loaders (a function or an mmengine name), the
-    validation loader `val_batch_size` images at a time (default: the training batch size).
+    iteration-based as `spec` says; `collate_fn` batches both loaders (a function or an mmengine name).
 
-    With `val_dataset` and `val_metric` it evaluates after every epoch (every `spec.val_interval` optimizer steps
-    and at the end of an iteration-based run), keeps the checkpoint with the highest `best_metric` as
-    best_<metric>_*.pth and writes work_dir/metrics.json.
+    With `validation` it evaluates after every epoch (every `spec.val_interval` optimizer steps and at the end of an
+    iteration-based run), keeps the checkpoint with the highest best metric as best_<metric>_*.pth and writes
+    work_dir/metrics.json.
     """
     launcher = launcher or distributed_launcher()
     if run := next(_RUNNERS_BUILT):
@@ -262,30 +271,31 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         logger=dict(type="LoggerHook", interval=spec.log_interval, ignore_last=False),
         checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval * interval, by_epoch=spec.by_epoch,
                         max_keep_ckpts=spec.max_keep_checkpoints, save_last=True,
-                        save_best=best_metric, rule="greater" if best_metric else None),
+                        save_best=validation.best_metric if validation else None,
+                        rule="greater" if validation else None),
     )
-    validation = {}
-    if val_dataset is not None:
-        validation = dict(
+    val_settings = {}
+    if validation is not None:
+        val_settings = dict(
             # no padding to equal rank sizes: metrics that sum counts would count the padded images twice
-            val_dataloader=dict(dataset=val_dataset, batch_size=val_batch_size or spec.batch_size,
+            val_dataloader=dict(dataset=validation.dataset, batch_size=validation.batch_size or spec.batch_size,
                                 num_workers=spec.num_workers,
                                 pin_memory=cuda, sampler=dict(type="DefaultSampler", shuffle=False, round_up=False),
                                 collate_fn=collate),
-            val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(val_metric),
+            val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(validation.metric),
         )
     hooks = [ReseedHook(spec.seed, spec.by_epoch), DeviceLogHook(spec.log_interval), PlainCheckpointHook(),
              *spec.custom_hooks]
     if hasattr(dataset, "skipped"):
         hooks.append(SkippedImagesHook(dataset, None if spec.by_epoch else spec.log_interval))
-    if val_dataset is not None:
+    if validation is not None:
         hooks.append(BroadcastBuffersHook())
-        hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", best_metric, spec.by_epoch))
+        hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", validation.best_metric, spec.by_epoch))
     return TrainRunner(
         model=model, work_dir=spec.work_dir, experiment_name=experiment_name, train_dataloader=dataloader,
         train_cfg=train_cfg, optim_wrapper=optim_wrapper,
         param_scheduler=lr_schedule(spec, steps_per_epoch, optimizer.defaults["lr"], accumulation),
-        default_hooks=default_hooks, custom_hooks=hooks, **validation,
+        default_hooks=default_hooks, custom_hooks=hooks, **val_settings,
         launcher=launcher, resume=bool(spec.resume), load_from=spec.resume if isinstance(spec.resume, str) else None,
         randomness=dict(seed=spec.seed),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if cuda else "gloo")),

@@ -15,7 +15,7 @@ from backbone.checkpoint import Checkpoint, read_checkpoint
 from backbone.checkpoint_load import extension_options
 from engine import build_train_runner
 from engine.hooks import ModelMetaHook
-from engine.runner import TrainSpec, train_from_config
+from engine.runner import TrainSpec, Validation, train_from_config
 
 from .data import build_seg_dataset
 from .metric import SegMetric
@@ -66,8 +66,9 @@ def build_seg_runner(cfg: Config):
                                   cfg.optim.betas, backbone_prefix=BACKBONE_PREFIX)
     hooks = [ModelMetaHook(BACKBONE_PREFIX, dict(net.config))]
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
-                                experiment_name=cfg.config_name, cfg=cfg, val_dataset=val, val_metric=SegMetric(),
-                                best_metric="mIoU", collate_fn="pseudo_collate", val_batch_size=1)
+                                experiment_name=cfg.config_name, cfg=cfg,
+                                validation=Validation(val, SegMetric(), "mIoU", batch_size=1),
+                                collate_fn="pseudo_collate")
     runner.logger.info(f"UperNet, ViT-{cfg.model.size} at {cfg.data.crop_size} px, on {len(train)} images / "
                        f"{len(classes)} classes; effective batch {cfg.effective_batch}, lr {cfg.optim.lr:.3g}, "
                        f"layer decay {cfg.optim.layer_decay}, {cfg.schedule.iterations} steps")
