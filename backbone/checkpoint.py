@@ -245,13 +245,25 @@ def split_pretraining_keys(
     return {k: v for k, v in state.items() if k not in dropped}, dropped
 
 
+def load_state_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike,
+                       hint: str = "") -> None:
+    """Load `state` (read from `source`) into `model`; every key must fit by name and shape, or the error names the
+    keys that do not (`hint`, if given, ends the message: what to load instead)."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in state.items()
+              if k in target and v.shape != target[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{source}: not a model of this config: {len(missing)} keys missing ({', '.join(missing[:5]) or '-'}), "
+            f"{len(unexpected)} unexpected ({', '.join(unexpected[:5]) or '-'}), {len(shapes)} of another shape "
+            f"(checkpoint vs model: {', '.join(shapes[:5]) or '-'})" + (f"; {hint}" if hint else ""))
+    model.load_state_dict(state)
+
+
 def load_trained_model(model: torch.nn.Module, path: str | Path, trained_by: str, allow_pickle: bool = False) -> None:
     """Load a whole model written by the command `trained_by` (a run checkpoint or its state dict) for evaluation;
-    every key must match."""
+    every key must fit."""
     state = read_checkpoint(path, prefix="", allow_pickle=allow_pickle).state
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: not a model of this config: {len(result.missing_keys)} keys missing "
-            f"({', '.join(result.missing_keys[:5])}...), {len(result.unexpected_keys)} unexpected "
-            f"({', '.join(result.unexpected_keys[:5])}...); evaluate a checkpoint written by {trained_by}")
+    load_state_exactly(model, state, path, f"evaluate a checkpoint written by {trained_by}")

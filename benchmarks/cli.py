@@ -16,8 +16,6 @@ from engine.errors import UserInputError
 from .demo import DEMO_DEFAULTS, run_demo
 
 log = logging.getLogger("droppos_bench")
-# What `main` prints as one line with exit status 2: a user's mistake; any other exception is a bug and keeps its
-# traceback.
 
 
 def run_synth(args: argparse.Namespace) -> None:

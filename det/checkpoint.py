@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from backbone.checkpoint import CheckpointError, read_checkpoint
+from backbone.checkpoint import CheckpointError, load_state_exactly, read_checkpoint
 from engine.safe_io import atomic_path
 
 from .detectron2_layout import NET, from_detectron2, to_detectron2
@@ -62,15 +62,6 @@ def load_detector_state(model: nn.Module, state: dict[str, torch.Tensor], source
     classes = CLASS_SPECIFIC[0] + "weight"
     if classes_may_differ and classes in state and state[classes].shape != target[classes].shape:
         kept = [k for k in target if k.startswith(CLASS_SPECIFIC)]
-        state = {k: v for k, v in state.items() if not k.startswith(CLASS_SPECIFIC)}
-    missing = [k for k in target if k not in state and k not in kept]
-    unexpected = [k for k in state if k not in target]
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in state.items()
-              if k in target and v.shape != target[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{source}: not a model of this config: {len(missing)} keys missing ({', '.join(missing[:5]) or '-'}), "
-            f"{len(unexpected)} unexpected ({', '.join(unexpected[:5]) or '-'}), {len(shapes)} of another shape "
-            f"(checkpoint vs model: {', '.join(shapes[:5]) or '-'})")
-    model.load_state_dict(state, strict=not kept)
+        state = {**{k: target[k] for k in kept}, **{k: v for k, v in state.items() if not k.startswith(CLASS_SPECIFIC)}}
+    load_state_exactly(model, state, source)
     return kept
