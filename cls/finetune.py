@@ -51,15 +51,6 @@ class ClassifierModel(DeviceLoggedModel):
         raise ValueError(f"mode={mode!r}; expected 'loss' or 'predict'")
 
 
-class StepEMAHook(EMAHook):
-    """mmengine's EMAHook updated once per optimizer step, not per loop iteration: with gradient accumulation the
-    decay per step would otherwise depend on the number of GPUs (fewer GPUs, more accumulation, more updates)."""
-
-    def after_train_iter(self, runner, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
-        if runner.optim_wrapper.should_update():  # true right after the iteration that stepped the optimizer
-            super().after_train_iter(runner, batch_idx, data_batch, outputs)
-
-
 def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) -> VisionTransformer:
     """The ViT of `cfg.model` loaded from `cfg.ckpt`: a pre-trained encoder gets a fresh head (only head /
     fc_norm may be missing), a fine-tuned checkpoint (`fine_tuned`) must supply every key, its head included."""
@@ -99,7 +90,7 @@ def build_finetune_runner(cfg: Config):
     optimizer = adamw_layer_decay(net, lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers,
                                   cfg.optim.betas)
     model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
-    hooks = [StepEMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
+    hooks = [EMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
     hooks.append(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg,

@@ -1,10 +1,9 @@
-"""The Runner hooks of every task: reseeding per epoch or step (exact resume), device metrics read once per log
+"""The Runner hooks of every task: reseeding per epoch (exact resume), device metrics read once per log
 step, checkpoints loadable with weights_only=True and carrying how to rebuild the model, buffers in step before
 evaluation, metrics.json after each evaluation, and a count of skipped unreadable images."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +15,32 @@ from mmengine.logging import HistoryBuffer
 
 from .model import unwrap_model
 from .safe_io import write_json_atomic
-from .seeding import mixed_seed
+from .seeding import mixed_seed, reseed_globally
 
 
 class ReseedHook(Hook):
-    """Reseed torch, numpy and random from (seed, epoch, rank) at every epoch start, or from (seed, iteration,
-    rank) before every iteration of an iteration-based run (`by_epoch=False`).
+    """Reseed torch, numpy and random from (seed, epoch, rank) at every epoch start of an epoch-based run
+    (iteration-based runs reseed before every batch: engine/loops.py's StreamIterLoop).
 
-    Masks, augmentations, data-loader worker seeds and the model's own sampling then depend only on the epoch or
-    iteration, so a resumed run repeats exactly what the uninterrupted run did (mmengine itself reseeds from the
-    run seed on resume, which would replay the first epoch's random stream).
+    Masks, augmentations, data-loader worker seeds and the model's own sampling then depend only on the epoch, so
+    a resumed run repeats exactly what the uninterrupted run did (mmengine itself reseeds from the run seed on
+    resume, which would replay the first epoch's random stream).
     """
 
     priority = "VERY_HIGH"
 
-    def __init__(self, seed: int, by_epoch: bool = True):
-        self.seed, self.by_epoch = seed, by_epoch
+    def __init__(self, seed: int):
+        self.seed = seed
 
     def before_train_epoch(self, runner) -> None:
-        if self.by_epoch:
-            self._reseed(runner.epoch)
-
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if not self.by_epoch:
-            self._reseed(runner.iter)
-
-    def _reseed(self, step: int) -> None:
-        value = mixed_seed(self.seed, step, get_rank())
-        torch.manual_seed(value)
-        np.random.seed(value)
-        random.seed(value)
+        reseed_globally(mixed_seed(self.seed, runner.epoch, get_rank()))
 
 
 class DeviceLogHook(Hook):
     """At each log step, move the model's running means (and the mean gradient norm) into the message hub.
 
-    The model keeps its per-iteration losses and metrics on the device (`model.running_means`); this hook averages
-    them over the processes and reads them with a single host sync on exactly the iterations the LoggerHook writes
+    The model keeps its per-batch losses and metrics on the device (`model.running_means`); this hook averages
+    them over the processes and reads them with a single host sync on exactly the steps the LoggerHook writes
     (it runs just before it).
     """
 
@@ -137,7 +125,7 @@ class ModelMetaHook(Hook):
 
 class MetricsFileHook(Hook):
     """After every evaluation, write its metrics and the best evaluation so far (by `best_metric`) to `path`, one
-    row per epoch (or per evaluated iteration in an iteration-based run, `by_epoch=False`).
+    row per epoch (or per evaluated optimizer step in an iteration-based run, `by_epoch=False`).
 
     Rows of earlier epochs already in the file are kept, so a resumed run still reports the best of all epochs.
     """
@@ -159,7 +147,7 @@ class MetricsFileHook(Hook):
 
 
 class SkippedImagesHook(Hook):
-    """Logs after every epoch (and every `every_iters` iterations, for iteration-based runs) how many unreadable
+    """Logs after every epoch (and every `every_iters` optimizer steps, for iteration-based runs) how many unreadable
     images the training set (`dataset.skipped`, a shared counter) has skipped so far; silent while there are none."""
 
     def __init__(self, dataset: Any, every_iters: int | None = None):

@@ -11,7 +11,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class RunningMeans:
-    """Sums of per-iteration device tensors; read (one host sync) and reset once per log interval."""
+    """Sums of per-batch device tensors; read (one host sync) and reset once per log interval."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
@@ -30,7 +30,7 @@ class RunningMeans:
 
 
 class DeviceLoggedModel(BaseModel):
-    """A Runner model whose losses and metrics stay on the device: summed in `running_means` every iteration and
+    """A Runner model whose losses and metrics stay on the device: summed in `running_means` every batch and
     read by DeviceLogHook once per log interval, so a training step never waits for the host."""
 
     def __init__(self):

@@ -31,9 +31,14 @@ class DeviceOptimWrapper(OptimWrapper):
         if clip_mode not in CLIP_MODES:
             raise UserInputError(f"optim.clip_mode={clip_mode!r}; expected one of {CLIP_MODES}")
         super().__init__(optimizer, accumulative_counts=accumulative_counts)
+        self.accumulation = accumulative_counts
         self.precision, self.max_norm, self.clip_mode = precision, max_norm, clip_mode
         self.grad_norm_sum: torch.Tensor | None = None
         self.grad_norm_count = 0
+
+    def initialize_count_status(self, model: nn.Module, init_counts: int, max_counts: int) -> None:
+        """The Runner counts optimizer steps (engine/loops.py); the wrapper counts the batches it accumulates."""
+        super().initialize_count_status(model, init_counts * self.accumulation, max_counts * self.accumulation)
 
     @contextmanager
     def optim_context(self, model: nn.Module) -> Iterator[None]:

@@ -33,10 +33,11 @@ from .hooks import (
     ReseedHook,
     SkippedImagesHook,
 )
+from .loops import EpochStepLoop, StreamIterLoop
 from .optim import DeviceOptimWrapper
 from .safe_io import atomic_path
 from .seeding import torch_seeds_workers
-from .stream import StreamIterLoop, StreamSampler
+from .stream import StreamSampler
 
 # mmengine keys a Runner's logger, visualizer and message hub by '<experiment name>_<time to the second>' and
 # reuses an existing one: a second Runner started within the same second in this process would log into the
@@ -103,8 +104,9 @@ class TrainSpec:
     """What every task decides before building its Runner (the rest is shared); values come from its config.
 
     A run is epoch-based with warmup + cosine (`epochs`), or iteration-based with warmup, then steps
-    (`lr_steps`, as detection recipes) or a polynomial decay to zero (`poly_power`, as segmentation recipes);
-    iterations, steps and the checkpoint and evaluation intervals are then counted in optimizer steps.
+    (`lr_steps`, as detection recipes) or a polynomial decay to zero (`poly_power`, as segmentation recipes).
+    Iterations, warmup, lr steps and the log, checkpoint and evaluation intervals count optimizer steps, whatever
+    the gradient accumulation (so do the Runner's iterations: engine/loops.py).
     """
 
     work_dir: str
@@ -153,10 +155,10 @@ class TrainSpec:
         )
 
 
-def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int, accumulation: int = 1) -> int:
-    """Loop iterations per epoch of one process: whole batches (mmengine's DefaultSampler pads ranks to equal
-    size), rounded down to whole optimizer steps of `accumulation` batches."""
-    steps = math.ceil(num_samples / world_size) // batch_size // accumulation * accumulation
+def steps_per_epoch(num_samples: int, batch_size: int, world_size: int, accumulation: int = 1) -> int:
+    """Optimizer steps per epoch: whole steps of `accumulation` whole batches per process (mmengine's
+    DefaultSampler pads ranks to equal size)."""
+    steps = math.ceil(num_samples / world_size) // batch_size // accumulation
     if steps == 0:
         raise UserInputError(f"the training set has {num_samples} images, fewer than one optimizer step of "
                              f"{batch_size} x {accumulation} accumulated batches per process ({world_size} "
@@ -165,12 +167,9 @@ def iterations_per_epoch(num_samples: int, batch_size: int, world_size: int, acc
 
 
 class WholeStepsSampler(DefaultSampler):
-    """mmengine's DefaultSampler cut to `per_epoch` samples of this process: an epoch ends on an optimizer step.
-
-    Otherwise a last, partial accumulation would carry its gradient into the next epoch, and an epoch checkpoint,
-    which cannot hold it, would resume to other weights. Like drop_last for a partial batch, the images of a
-    partial effective batch are left out of that epoch (other ones each epoch: the order is reshuffled).
-    """
+    """mmengine's DefaultSampler cut to `per_epoch` samples of this process, whole optimizer steps: like drop_last
+    for a partial batch, the images of a partial effective batch are left out of that epoch and never loaded
+    (other ones each epoch: the order is reshuffled)."""
 
     def __init__(self, dataset: Sized, per_epoch: int, **kwargs: Any):
         super().__init__(dataset, **kwargs)
@@ -183,18 +182,17 @@ class WholeStepsSampler(DefaultSampler):
         return self.per_epoch
 
 
-def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulation: int = 1) -> list[dict]:
-    """Linear warmup, then cosine (epoch-based runs) or steps or poly (iteration-based runs), in loop iterations
-    (`accumulation` per optimizer step). Warmup is given in epochs or in optimizer steps (`warmup_iters`). With
-    cosine every parameter group ends at min_lr / peak_lr of its own peak, so layer-wise decay keeps its ratios
-    (as MAE)."""
-    total = spec.epochs * steps_per_epoch if spec.by_epoch else spec.iterations * accumulation
+def lr_schedule(spec: TrainSpec, steps_per_epoch: int | None, peak_lr: float) -> list[dict]:
+    """Linear warmup, then cosine (epoch-based runs) or steps or poly (iteration-based runs), per optimizer step.
+    Warmup is given in epochs or in optimizer steps (`warmup_iters`). With cosine every parameter group ends at
+    min_lr / peak_lr of its own peak, so layer-wise decay keeps its ratios (as MAE)."""
+    total = spec.epochs * steps_per_epoch if spec.by_epoch else spec.iterations
     if spec.warmup_iters is not None:
-        warmup = spec.warmup_iters * accumulation
+        warmup = spec.warmup_iters
     else:
         warmup = round(spec.warmup_epochs * steps_per_epoch) if spec.by_epoch else 0
     if not 0 <= warmup < total:
-        raise UserInputError(f"warmup of {warmup} iterations must be shorter than the {total} training iterations")
+        raise UserInputError(f"warmup of {warmup} steps must be shorter than the {total} training steps")
     schedule = []
     if warmup > 1:  # mmengine's ramp reaches the peak on its last iteration: a one-iteration warmup is that peak
         schedule.append(dict(type="LinearLR", start_factor=spec.warmup_factor, by_epoch=False, begin=0, end=warmup))
@@ -211,8 +209,8 @@ def lr_schedule(spec: TrainSpec, steps_per_epoch: int, peak_lr: float, accumulat
         if steps != sorted(steps) or not 0 < steps[0] or steps[-1] >= spec.iterations:
             raise UserInputError(f"lr steps {list(spec.lr_steps)} must increase and lie inside the "
                                  f"{spec.iterations} iterations")
-        schedule.append(dict(type="MultiStepLR", milestones=[step * accumulation for step in spec.lr_steps],
-                             gamma=spec.lr_step_factor, by_epoch=False, begin=0, end=total))
+        schedule.append(dict(type="MultiStepLR", milestones=list(spec.lr_steps), gamma=spec.lr_step_factor,
+                             by_epoch=False, begin=0, end=total))
     return schedule
 
 
@@ -243,8 +241,7 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         experiment_name = f"{experiment_name}_run{run}"
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     accumulation = batch_plan(spec.effective_batch, spec.batch_size, world_size)
-    steps_per_epoch = iterations_per_epoch(len(dataset), spec.batch_size, world_size,
-                                           accumulation if spec.by_epoch else 1)
+    epoch_steps = steps_per_epoch(len(dataset), spec.batch_size, world_size, accumulation) if spec.by_epoch else None
     cuda = torch.cuda.is_available()
     cfg = copy.deepcopy(cfg) if cfg is not None else Config()
     if launcher == "pytorch" and not cuda:
@@ -254,12 +251,13 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     collate = dict(type=collate_fn)
     if spec.by_epoch:
-        sampler, interval = dict(type=WholeStepsSampler, per_epoch=steps_per_epoch * spec.batch_size, shuffle=True), 1
-        train_cfg = dict(by_epoch=True, max_epochs=spec.epochs, val_interval=spec.val_interval)
+        sampler = dict(type=WholeStepsSampler, per_epoch=epoch_steps * accumulation * spec.batch_size, shuffle=True)
+        train_cfg = dict(type=EpochStepLoop, max_epochs=spec.epochs, val_interval=spec.val_interval,
+                         accumulation=accumulation)
     else:
-        sampler, interval = dict(type=StreamSampler), accumulation
-        train_cfg = dict(type=StreamIterLoop, max_iters=spec.iterations * accumulation,
-                         val_interval=spec.val_interval * accumulation)
+        sampler = dict(type=StreamSampler)
+        train_cfg = dict(type=StreamIterLoop, max_iters=spec.iterations, val_interval=spec.val_interval,
+                         accumulation=accumulation, seed=spec.seed)
     dataloader = dict(
         dataset=dataset, batch_size=spec.batch_size, num_workers=spec.num_workers, pin_memory=cuda,
         persistent_workers=False, drop_last=True, sampler=sampler, collate_fn=collate,
@@ -269,7 +267,7 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
                                        accumulative_counts=accumulation, clip_mode=spec.clip_mode)
     default_hooks = dict(
         logger=dict(type="LoggerHook", interval=spec.log_interval, ignore_last=False),
-        checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval * interval, by_epoch=spec.by_epoch,
+        checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval, by_epoch=spec.by_epoch,
                         max_keep_ckpts=spec.max_keep_checkpoints, save_last=True,
                         save_best=validation.best_metric if validation else None,
                         rule="greater" if validation else None),
@@ -284,8 +282,9 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
                                 collate_fn=collate),
             val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(validation.metric),
         )
-    hooks = [ReseedHook(spec.seed, spec.by_epoch), DeviceLogHook(spec.log_interval), PlainCheckpointHook(),
-             *spec.custom_hooks]
+    hooks = [DeviceLogHook(spec.log_interval), PlainCheckpointHook(), *spec.custom_hooks]
+    if spec.by_epoch:
+        hooks.append(ReseedHook(spec.seed))
     if hasattr(dataset, "skipped"):
         hooks.append(SkippedImagesHook(dataset, None if spec.by_epoch else spec.log_interval))
     if validation is not None:
@@ -294,7 +293,7 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     return TrainRunner(
         model=model, work_dir=spec.work_dir, experiment_name=experiment_name, train_dataloader=dataloader,
         train_cfg=train_cfg, optim_wrapper=optim_wrapper,
-        param_scheduler=lr_schedule(spec, steps_per_epoch, optimizer.defaults["lr"], accumulation),
+        param_scheduler=lr_schedule(spec, epoch_steps, optimizer.defaults["lr"]),
         default_hooks=default_hooks, custom_hooks=hooks, **val_settings,
         launcher=launcher, resume=bool(spec.resume), load_from=spec.resume if isinstance(spec.resume, str) else None,
         randomness=dict(seed=spec.seed),

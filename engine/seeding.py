@@ -14,6 +14,13 @@ def mixed_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
+def reseed_globally(seed: int) -> None:
+    """Seed the global RNGs of torch (every device), numpy and random with `seed`."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def torch_seeds_workers(worker_id: int) -> None:
     """Keep PyTorch's own per-worker seeds (drawn from the main RNG that ReseedHook reseeds each epoch);
     mmengine's default worker_init_fn would give the workers the same random stream in every epoch."""

@@ -1,10 +1,10 @@
-"""Iteration-based training that resumes exactly and at once: a sample stream indexed by position.
+"""The sample stream of iteration-based runs, indexed by position, so that they resume exactly and at once.
 
-mmengine's IterBasedTrainLoop resumes by loading and discarding every batch already trained on (hours at COCO
-scale), and its data-loader workers live for the whole run, so augmentations after a resume would differ from
-the uninterrupted run. Here the sampler yields `(index, sample_seed)` for global stream positions: pass p over
-the data is a permutation drawn from (seed, p), and each position has its own augmentation seed, so the stream
-from any iteration on is a pure function of the run seed and the iteration, and resuming just starts it there.
+mmengine's IterBasedTrainLoop resumes by loading and discarding every batch already trained on, and its
+data-loader workers live for the whole run, so augmentations after a resume would differ from the uninterrupted
+run. Here the sampler yields `(index, sample_seed)` for global stream positions: pass p over the data is a
+permutation drawn from (seed, p), and each position has its own augmentation seed, so the stream from any step on
+is a pure function of the run seed and the step, and resuming just starts it there (engine/loops.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sized
 
 import torch
 from mmengine.dist import get_dist_info
-from mmengine.runner import IterBasedTrainLoop
 from torch.utils.data import Sampler
 
 from .seeding import mixed_seed
@@ -53,37 +52,3 @@ class StreamSampler(Sampler):
     def __len__(self) -> int:
         """Samples of one pass per process (what loggers take for an 'epoch')."""
         return -(-self.size // self.world_size)
-
-
-class _Skipped:
-    """Answers the parent loop's `iter` calls to advance the data (it would load each batch) without loading."""
-
-    def __init__(self, count: int, iterator: Iterator):
-        self.count, self.iterator = count, iterator
-
-    def __iter__(self) -> _Skipped:
-        return self
-
-    def __next__(self):
-        if self.count:
-            self.count -= 1
-            return None
-        return next(self.iterator)
-
-
-class StreamIterLoop(IterBasedTrainLoop):
-    """mmengine's IterBasedTrainLoop over a StreamSampler: a resumed run starts the stream at its iteration.
-
-    mmengine's `run` advances a resumed loop by calling next(self.dataloader_iterator) once per finished iteration
-    (`self._iter`, which its Runner sets on resume); `_Skipped` answers those calls without loading. That is not
-    public API: tests/engine/test_stream.py pins it.
-    """
-
-    def run(self) -> torch.nn.Module:
-        sampler = self.dataloader.sampler
-        if not isinstance(sampler, StreamSampler):
-            raise TypeError(f"StreamIterLoop needs a StreamSampler, got {type(sampler).__name__}")
-        if self._iter:
-            sampler.start_at(self._iter * self.dataloader.batch_size)
-            self.dataloader_iterator = _Skipped(self._iter, iter(self.dataloader))  # endless: a StreamSampler
-        return super().run()

@@ -6,7 +6,7 @@ from benchmarks.synthetic import synthesize
 
 
 class StopAfter(Hook):
-    """Raises InterruptedError once epoch `epoch` or loop iteration `iteration` (1-based) is done and its
+    """Raises InterruptedError once epoch `epoch` or optimizer step `iteration` (1-based) is done and its
     checkpoint written (lowest priority: after the CheckpointHook), before any evaluation: a killed run."""
 
     priority = "LOWEST"

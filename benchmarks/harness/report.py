@@ -258,7 +258,7 @@ def plot_loss_curves(results: Sequence[Result], out_dir: str | os.PathLike) -> l
         for result in results:
             if result.curves.get(benchmark):
                 ax.plot(*zip(*result.curves[benchmark], strict=True), label=result.label)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("optimizer step")
         ax.set_ylabel("training loss")
         ax.set_title(f"{benchmark}: training loss")
         ax.legend(fontsize=8)

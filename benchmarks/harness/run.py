@@ -113,7 +113,7 @@ def _run(jobs: dict[str, Job], record: JobRecord, suite: Suite, total: int) -> d
 
 
 def loss_curve(job: Job) -> list[tuple[int, float]]:
-    """(iteration, training loss) as the job's runs logged them (mmengine's vis_data/scalars.json, one folder per
+    """(optimizer step, training loss) as the job's runs logged them (mmengine's vis_data/scalars.json, one folder per
     run, so a resumed job has several); a later run's value replaces an earlier one's at the same iteration."""
     points: dict[int, float] = {}
     for path in sorted(job.work_dir.glob("*/vis_data/scalars.json")):

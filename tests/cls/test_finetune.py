@@ -122,7 +122,7 @@ def test_ema_is_evaluated_checkpointed_and_resumed_exactly(tmp_path, data, stop_
 
 
 class Snapshots(Hook):
-    """A copy of one parameter after every loop iteration."""
+    """A copy of one parameter after every optimizer step (loop iteration)."""
 
     def __init__(self, name):
         self.name, self.values = name, []
@@ -132,16 +132,15 @@ class Snapshots(Hook):
 
 
 def test_ema_updates_once_per_optimizer_step(tmp_path, data):
-    """With 2 accumulation steps, 4 iterations make 2 optimizer steps: the average is of those 2 weights, not of the
-    4 iterations' (which would make the decay per step depend on the number of GPUs)."""
+    """With 2 accumulated batches per step, 4 batches make 2 optimizer steps: the average is of those 2 weights, not
+    of 4 updates (which would make the decay per step depend on the number of GPUs)."""
     ema = {"ema.enabled": True, "ema.decay": 0.9, "schedule.epochs": 1, "schedule.warmup_epochs": 0}
     runner = build_finetune_runner(cfg_for(data, tmp_path, **ema))  # batch 16, effective batch 32
     name = "net.blocks.0.attn.qkv.weight"
     snapshots = Snapshots(name)
     runner.register_hook(snapshots)
     runner.train()
-    no_step, after_step_1, same, after_step_2 = snapshots.values
-    assert torch.equal(after_step_1, same) and not torch.equal(no_step, after_step_1)
+    after_step_1, after_step_2 = snapshots.values
     [hook] = [hook for hook in runner.hooks if isinstance(hook, EMAHook)]
     assert hook.ema_model.steps == 2
     assert torch.equal(hook.ema_model.module.get_parameter(name), after_step_1.lerp(after_step_2, 0.1))

@@ -56,12 +56,12 @@ def short_run(data, tmp_path_factory):
 
 def test_resume_after_interruption_matches_the_uninterrupted_run(data, short_run, tmp_path, stop_after):
     cut = build_det_runner(config(data, tmp_path))
-    cut.register_hook(stop_after(iteration=4))  # 4 loop iterations = 2 optimizer steps
+    cut.register_hook(stop_after(iteration=2))
     with pytest.raises(InterruptedError):
         cut.train()
     resumed = build_det_runner(config(data, tmp_path, resume=True))
     resumed.train()
-    assert resumed.iter == short_run.iter == 8
+    assert resumed.iter == short_run.iter == 4
     expected, got = short_run.model.state_dict(), resumed.model.state_dict()
     for name, value in expected.items():
         assert torch.equal(value, got[name]), name
@@ -72,9 +72,9 @@ def test_resume_after_interruption_matches_the_uninterrupted_run(data, short_run
 def test_det_eval_of_the_checkpoint_reproduces_the_last_evaluation(data, short_run, tmp_path):
     work_dir = Path(short_run.work_dir)
     last = json.loads((work_dir / "metrics.json").read_text())["last"]
-    assert last["iteration"] == 8  # loop iterations, as in the log and iter_8.pth
+    assert last["iteration"] == 4  # optimizer steps, as in the log and iter_4.pth
     assert main(["det", "eval", "mask_rcnn_tiny_synth",
-                 *args(overrides(data, tmp_path, ckpt=work_dir / "iter_8.pth"))]) == 0
+                 *args(overrides(data, tmp_path, ckpt=work_dir / "iter_4.pth"))]) == 0
     evaluated = json.loads((tmp_path / "metrics.json").read_text())
     for name in ("APb", "APb50", "ARb100", "APm", "APm75"):
         assert evaluated[name] == pytest.approx(last[name], abs=1e-9), name
@@ -85,7 +85,7 @@ def test_det_eval_of_the_checkpoint_reproduces_the_last_evaluation(data, short_r
 
 
 def test_the_fine_tuned_backbone_is_readable_and_converts(short_run, tmp_path):
-    checkpoint_path = Path(short_run.work_dir) / "iter_8.pth"
+    checkpoint_path = Path(short_run.work_dir) / "iter_4.pth"
     checkpoint = read_checkpoint(checkpoint_path)
     assert "blocks.0.attn.rel_pos_h" in checkpoint.state and not any(k.startswith("rpn") for k in checkpoint.state)
     vit, _ = load_model(checkpoint_path)
@@ -171,7 +171,7 @@ def detector_files(short_run, tmp_path_factory):
     """Every form a trained detector's weights take: the run checkpoint, the encoder exported from its ViT in our
     layout, and the whole detector in detectron2's layout as .pth and as a model-zoo .pkl of numpy arrays."""
     out = tmp_path_factory.mktemp("detector_files")
-    run = Path(short_run.work_dir) / "iter_8.pth"
+    run = Path(short_run.work_dir) / "iter_4.pth"
     export_checkpoint(short_run.model.backbone.net, out / "enc.safetensors")
     assert main(["convert", str(run), str(out / "model_final.pth"), "--to", "detectron2"]) == 0
     model = torch.load(out / "model_final.pth", weights_only=True)["model"]

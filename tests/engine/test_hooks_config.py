@@ -108,15 +108,15 @@ def test_warmup_then_poly_schedule_in_optimizer_steps():
                      min_lr=0.0, precision="fp32", clip_grad=None, num_workers=0, log_interval=1,
                      checkpoint_interval=1, max_keep_checkpoints=1, seed=0, resume=False, iterations=6,
                      warmup_factor=0.1, poly_power=1.0)
-    accumulation, peak = 2, 0.5
-    lrs = _lrs_of(lr_schedule(spec, 1, peak, accumulation), peak, spec.iterations * accumulation)
-    warmup, total = 2 * accumulation, 6 * accumulation
-    # mmengine's convention (and so mmseg's recipes): the peak at the last warmup iteration, 0 at the last one
+    peak, warmup, total = 0.5, 3, 8
+    spec = TrainSpec(**{**spec.__dict__, "warmup_iters": warmup, "iterations": total})
+    lrs = _lrs_of(lr_schedule(spec, None, peak), peak, total)
+    # mmengine's convention (and so mmseg's recipes): the peak at the last warmup step, 0 at the last one
     expected = [peak * (0.1 + 0.9 * t / (warmup - 1)) for t in range(warmup)]
     expected += [peak * (1 - (t - warmup) / (total - warmup - 1)) for t in range(warmup, total)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
     with pytest.raises(ValueError, match="not both"):
-        lr_schedule(TrainSpec(**{**spec.__dict__, "lr_steps": (3,)}), 1, peak, accumulation)
+        lr_schedule(TrainSpec(**{**spec.__dict__, "lr_steps": (3,)}), None, peak)
 
 
 def test_a_one_iteration_warmup_starts_the_cosine_at_the_peak():

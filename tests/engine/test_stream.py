@@ -87,10 +87,10 @@ def test_resumed_run_equals_the_uninterrupted_one_without_reloading_data(tmp_pat
     _, full, full_data = train(tmp_path / "full")
     assert full_data.loads.value == 8 * 4  # 8 optimizer steps of 2 accumulated batches of 2
     with pytest.raises(InterruptedError):
-        train(tmp_path / "cut", hooks=[stop_after(iteration=6)])  # 6 loop iterations = 3 optimizer steps
+        train(tmp_path / "cut", hooks=[stop_after(iteration=3)])
     runner, resumed, resumed_data = train(tmp_path / "cut", resume=True)
-    assert runner.iter == 16
-    assert resumed_data.loads.value == (16 - 6) * 2  # the first 6 batches were not loaded again
+    assert runner.iter == 8
+    assert resumed_data.loads.value == (8 - 3) * 4  # the first 3 steps' samples were not loaded again
     for name, value in full.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
     lrs = [group["lr"] for group in runner.optim_wrapper.param_groups]
@@ -107,5 +107,5 @@ def test_mmengines_loop_still_advances_a_resumed_run_through_its_dataloader_iter
     source = inspect.getsource(IterBasedTrainLoop.run)
     assert "range(self._iter)" in source and "next(self.dataloader_iterator)" in source, (
         "mmengine's IterBasedTrainLoop.run no longer advances a resumed loop by calling next(self.dataloader_iterator) "
-        "self._iter times: engine/stream.py's StreamIterLoop hands it a _Skipped iterator for that and needs a new "
+        "self._iter times: engine/loops.py's StreamIterLoop hands it a _Skipped iterator for that and needs a new "
         "way to start the stream at the resumed iteration")

@@ -6,7 +6,7 @@ import torch
 
 from engine import build_train_runner
 from engine.model import DeviceLoggedModel
-from engine.runner import TrainSpec, iterations_per_epoch
+from engine.runner import TrainSpec, steps_per_epoch
 
 
 class Vectors(torch.utils.data.Dataset):
@@ -50,7 +50,7 @@ def train(work_dir, resume=False, hooks=()):
 def test_epochs_end_on_an_optimizer_step_and_resume_exactly(tmp_path, stop_after):
     runner, full = train(tmp_path / "full")
     assert full.batches == 3 * 4  # 5 batches per epoch rounded down to 2 optimizer steps of 2
-    assert runner.optim_wrapper.optimizer.state[full.layer.weight]["step"] == 3 * 2
+    assert runner.optim_wrapper.optimizer.state[full.layer.weight]["step"] == 3 * 2 == runner.iter
     with pytest.raises(InterruptedError):
         train(tmp_path / "cut", hooks=[stop_after(epoch=1)])
     _, resumed = train(tmp_path / "cut", resume=True)
@@ -58,11 +58,11 @@ def test_epochs_end_on_an_optimizer_step_and_resume_exactly(tmp_path, stop_after
         assert torch.equal(value, resumed.state_dict()[name]), name
 
 
-def test_iterations_per_epoch_counts_whole_optimizer_steps():
-    assert iterations_per_epoch(1000, 64, 1) == 15 and iterations_per_epoch(1000, 64, 4) == 3
-    assert iterations_per_epoch(1_281_167, 256, 8, accumulation=2) == 624  # 625 batches: the last is left out
-    assert iterations_per_epoch(1_281_167, 256, 1, accumulation=16) == 4992  # 5004 batches: 12 left out
+def test_steps_per_epoch_counts_whole_optimizer_steps():
+    assert steps_per_epoch(1000, 64, 1) == 15 and steps_per_epoch(1000, 64, 4) == 3
+    assert steps_per_epoch(1_281_167, 256, 8, accumulation=2) == 312  # 625 batches: the last is left out
+    assert steps_per_epoch(1_281_167, 256, 1, accumulation=16) == 312  # 5004 batches: 12 left out
     with pytest.raises(ValueError, match="fewer than one optimizer step of 64 x 1"):
-        iterations_per_epoch(10, 64, 1)
+        steps_per_epoch(10, 64, 1)
     with pytest.raises(ValueError, match="fewer than one optimizer step of 2 x 4"):
-        iterations_per_epoch(7, 2, 1, accumulation=4)
+        steps_per_epoch(7, 2, 1, accumulation=4)

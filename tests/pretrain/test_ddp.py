@@ -22,7 +22,7 @@ def test_torchrun_two_processes(tmp_path):
     assert "Distributed training: True" in result.stdout + result.stderr
     state = torch.load(work_dir / "epoch_2.pth", weights_only=True)
     steps = {int(s["step"]) for s in state["optimizer"]["state"].values()}
-    assert steps == {4}, "8 iterations of 8 images x 2 processes with 2 accumulation steps = 4 optimizer steps"
+    assert steps == {4} and state["meta"]["iter"] == 4, "2 epochs of 2 steps of 2 batches of 8 images x 2 processes"
     encoder, report = load_model(work_dir / "encoder.safetensors")
     assert not report.missing and encoder.config["img_size"] == [64, 64]
     assert not list(work_dir.glob(".*.tmp")), "temporary checkpoint files left behind"

@@ -17,7 +17,7 @@ smoothing = dict(
     # "official": the authors' released code bit for bit (what produced the paper's numbers): a 16-wide,
     # 256-position table of which 196 columns are read, squared distance, column-normalised, sigma decayed
     # once per epoch as (1 - epoch / epochs) * sigma0. "paper": Eq. 5 and 7 as written (14x14 grid, Euclidean
-    # distance, rows sum to 1, sigma decayed every iteration from sigma0 to sigma_t).
+    # distance, rows sum to 1, sigma decayed every optimizer step from sigma0 to sigma_t).
     mode="official",
     sigma0=1.0,
     sigma_t=0.0,

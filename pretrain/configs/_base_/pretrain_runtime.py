@@ -28,7 +28,7 @@ schedule = dict(
 require_gpu = True  # stop at start when torch sees no GPU (a recipe sized for GPUs); False runs on the CPU
 precision = "bf16"  # autocast (no loss scaler needed); "fp32" to turn it off
 compile = False  # torch.compile the model
-log_interval = 50  # iterations between log lines / TensorBoard points
+log_interval = 50  # optimizer steps between log lines / TensorBoard points
 checkpoint = dict(interval=1, max_keep=2)  # every epoch, keep the last 2 (plus last_checkpoint)
 seed = 0
 work_dir = None  # default: work_dirs/<config name>
