@@ -140,6 +140,20 @@ class Block(nn.Module):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
+def transformer_blocks(config: dict[str, Any], grid: Grid, prefix_tokens: int) -> nn.ModuleList:
+    """The blocks of a VisionTransformer `config` on a `grid` of patches: attention within windows except in the
+    global blocks, relative positions sized to the window or the grid, stochastic depth rising linearly."""
+    drop_rates = torch.linspace(0, config["drop_path_rate"], config["depth"], device="cpu").tolist()
+    blocks = nn.ModuleList()
+    for i, drop_rate in enumerate(drop_rates):
+        window = config["window_size"] if i not in config["global_blocks"] else 0
+        rel_pos_grid = ((window, window) if window else grid) if config["use_rel_pos"] else None
+        blocks.append(Block(config["embed_dim"], config["num_heads"], config["mlp_ratio"], config["qkv_bias"],
+                            drop_rate, config["norm_eps"], window, rel_pos_grid,
+                            grid if config["rel_pos_bias"] else None, prefix_tokens, config["layer_scale_init"]))
+    return blocks
+
+
 class VisionTransformer(nn.Module):
     """ViT with [CLS] / average pooling, intermediate (B, C, H, W) feature maps and ViTDet options.
 
@@ -194,14 +208,7 @@ class VisionTransformer(nn.Module):
             torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], embed_dim),
             requires_grad=pos_embed_trainable,
         )
-        drop_rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
-        self.blocks = nn.ModuleList()
-        for i in range(depth):
-            window = window_size if window_size and i not in global_blocks else 0
-            rel_grid = ((window, window) if window else self.grid_size) if use_rel_pos else None
-            self.blocks.append(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rates[i], norm_eps, window,
-                                     rel_grid, self.grid_size if rel_pos_bias else None, self.num_prefix_tokens,
-                                     layer_scale_init))
+        self.blocks = transformer_blocks(self.config, self.grid_size, self.num_prefix_tokens)
         self.global_pool = global_pool
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "token" else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "avg" else nn.Identity()

@@ -249,52 +249,25 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("gloo")
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
-    collate = dict(type=collate_fn)
-    if spec.by_epoch:
-        sampler = dict(type=WholeStepsSampler, per_epoch=epoch_steps * accumulation * spec.batch_size, shuffle=True)
-        train_cfg = dict(type=EpochStepLoop, max_epochs=spec.epochs, val_interval=spec.val_interval,
-                         accumulation=accumulation)
-    else:
-        sampler = dict(type=StreamSampler)
-        train_cfg = dict(type=StreamIterLoop, max_iters=spec.iterations, val_interval=spec.val_interval,
-                         accumulation=accumulation, seed=spec.seed)
-    dataloader = dict(
-        dataset=dataset, batch_size=spec.batch_size, num_workers=spec.num_workers, pin_memory=cuda,
-        persistent_workers=False, drop_last=True, sampler=sampler, collate_fn=collate,
-        worker_init_fn=dict(type=torch_seeds_workers),
-    )
-    optim_wrapper = DeviceOptimWrapper(optimizer, precision=spec.precision, max_norm=spec.clip_grad,
-                                       accumulative_counts=accumulation, clip_mode=spec.clip_mode)
-    default_hooks = dict(
-        logger=dict(type="LoggerHook", interval=spec.log_interval, ignore_last=False),
-        checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval, by_epoch=spec.by_epoch,
-                        max_keep_ckpts=spec.max_keep_checkpoints, save_last=True,
-                        save_best=validation.best_metric if validation else None,
-                        rule="greater" if validation else None),
-    )
-    val_settings = {}
-    if validation is not None:
-        val_settings = dict(
-            # no padding to equal rank sizes: metrics that sum counts would count the padded images twice
-            val_dataloader=dict(dataset=validation.dataset, batch_size=validation.batch_size or spec.batch_size,
-                                num_workers=spec.num_workers,
-                                pin_memory=cuda, sampler=dict(type="DefaultSampler", shuffle=False, round_up=False),
-                                collate_fn=collate),
-            val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(validation.metric),
-        )
-    hooks = [DeviceLogHook(spec.log_interval), PlainCheckpointHook(), *spec.custom_hooks]
-    if spec.by_epoch:
-        hooks.append(ReseedHook(spec.seed))
-    if hasattr(dataset, "skipped"):
-        hooks.append(SkippedImagesHook(dataset, None if spec.by_epoch else spec.log_interval))
-    if validation is not None:
-        hooks.append(BroadcastBuffersHook())
-        hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", validation.best_metric, spec.by_epoch))
+    loader = dict(batch_size=spec.batch_size, num_workers=spec.num_workers, pin_memory=cuda,
+                  collate_fn=dict(type=collate_fn))
     return TrainRunner(
-        model=model, work_dir=spec.work_dir, experiment_name=experiment_name, train_dataloader=dataloader,
-        train_cfg=train_cfg, optim_wrapper=optim_wrapper,
+        model=model, work_dir=spec.work_dir, experiment_name=experiment_name,
+        train_dataloader=dict(loader, dataset=dataset, persistent_workers=False, drop_last=True,
+                              sampler=training_sampler(spec, epoch_steps, accumulation),
+                              worker_init_fn=dict(type=torch_seeds_workers)),
+        train_cfg=training_loop(spec, accumulation),
+        optim_wrapper=DeviceOptimWrapper(optimizer, precision=spec.precision, max_norm=spec.clip_grad,
+                                         accumulative_counts=accumulation, clip_mode=spec.clip_mode),
         param_scheduler=lr_schedule(spec, epoch_steps, optimizer.defaults["lr"]),
-        default_hooks=default_hooks, custom_hooks=hooks, **val_settings,
+        default_hooks=dict(
+            logger=dict(type="LoggerHook", interval=spec.log_interval, ignore_last=False),
+            checkpoint=dict(type="CheckpointHook", interval=spec.checkpoint_interval, by_epoch=spec.by_epoch,
+                            max_keep_ckpts=spec.max_keep_checkpoints, save_last=True,
+                            save_best=validation.best_metric if validation else None,
+                            rule="greater" if validation else None),
+        ),
+        custom_hooks=runner_hooks(spec, dataset, validation), **validation_settings(validation, loader),
         launcher=launcher, resume=bool(spec.resume), load_from=spec.resume if isinstance(spec.resume, str) else None,
         randomness=dict(seed=spec.seed),
         env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if cuda else "gloo")),
@@ -304,6 +277,46 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
                                                          dict(type="TensorboardVisBackend")]),
         cfg=cfg,
     )
+
+
+def training_sampler(spec: TrainSpec, epoch_steps: int | None, accumulation: int) -> dict:
+    """Whole optimizer steps of a reshuffled pass per epoch, or the endless position-indexed sample stream."""
+    if spec.by_epoch:
+        return dict(type=WholeStepsSampler, per_epoch=epoch_steps * accumulation * spec.batch_size, shuffle=True)
+    return dict(type=StreamSampler)
+
+
+def training_loop(spec: TrainSpec, accumulation: int) -> dict:
+    """The loop whose iteration is one optimizer step of `accumulation` batches (engine/loops.py)."""
+    if spec.by_epoch:
+        return dict(type=EpochStepLoop, max_epochs=spec.epochs, val_interval=spec.val_interval,
+                    accumulation=accumulation)
+    return dict(type=StreamIterLoop, max_iters=spec.iterations, val_interval=spec.val_interval,
+                accumulation=accumulation, seed=spec.seed)
+
+
+def validation_settings(validation: Validation | None, loader: dict) -> dict:
+    """The Runner's evaluation arguments (none without `validation`); its loader is configured like `loader`."""
+    if validation is None:
+        return {}
+    # no padding to equal rank sizes: metrics that sum counts would count the padded images twice
+    val_loader = dict(loader, dataset=validation.dataset, batch_size=validation.batch_size or loader["batch_size"],
+                      sampler=dict(type="DefaultSampler", shuffle=False, round_up=False))
+    return dict(val_dataloader=val_loader, val_cfg=dict(type="ValLoop"), val_evaluator=Evaluator(validation.metric))
+
+
+def runner_hooks(spec: TrainSpec, dataset: torch.utils.data.Dataset, validation: Validation | None) -> list[Hook]:
+    """Ours, beside mmengine's defaults: device-side logging, safe checkpoints, the task's own hooks, per-epoch
+    reseeding, the count of skipped images, and with validation, buffers in step and metrics.json."""
+    hooks = [DeviceLogHook(spec.log_interval), PlainCheckpointHook(), *spec.custom_hooks]
+    if spec.by_epoch:
+        hooks.append(ReseedHook(spec.seed))
+    if hasattr(dataset, "skipped"):
+        hooks.append(SkippedImagesHook(dataset, None if spec.by_epoch else spec.log_interval))
+    if validation is not None:
+        hooks.append(BroadcastBuffersHook())
+        hooks.append(MetricsFileHook(Path(spec.work_dir) / "metrics.json", validation.best_metric, spec.by_epoch))
+    return hooks
 
 
 def trained_runner(build_runner: Callable[[Config], Runner], configs_dir: Path, config: str | Path,
