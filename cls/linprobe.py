@@ -16,7 +16,7 @@ from torch import nn
 from engine import build_train_runner, peak_lr
 from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
-from engine.images import eval_transform, image_folder, pretrain_transform
+from engine.images import decode_tensor, eval_transform, image_folder, pretrain_transform
 from engine.runner import TrainSpec, Validation, train_from_config
 
 from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, build_classifier, check_same_classes
@@ -66,7 +66,7 @@ def build_linprobe_runner(cfg):
         raise UserInputError(f"optim.type={cfg.optim.type!r}; expected one of {OPTIMIZERS}")
     img_size = cfg.model.img_size
     train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
-                         cfg.data.skip_invalid, every_class=True)
+                         cfg.data.skip_invalid, every_class=True, decode=decode_tensor)
     val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_invalid)
     check_same_classes(train, val, cfg.data.root)
     net = build_classifier(cfg, len(train.classes))

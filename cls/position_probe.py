@@ -18,7 +18,7 @@ from backbone import VisionTransformer, load_model
 from backbone.masking import random_mask
 from engine import build_train_runner, peak_lr
 from engine.errors import UserInputError
-from engine.images import eval_transform, image_folder, pretrain_transform
+from engine.images import decode_tensor, eval_transform, image_folder, pretrain_transform
 from engine.model import DeviceLoggedModel, unwrap_model
 from engine.runner import TrainSpec, Validation, train_from_config
 
@@ -97,7 +97,7 @@ def build_posprobe_runner(cfg):
     net, report = load_model(cfg.ckpt, allow_pickle=cfg.allow_pickle, img_size=cfg.model.img_size)
     img_size = cfg.model.img_size
     train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
-                         cfg.data.skip_invalid)
+                         cfg.data.skip_invalid, decode=decode_tensor)
     val = image_folder(cfg.data.root, "val", eval_transform(img_size), cfg.data.skip_invalid)
     model = PositionProbe(net, cfg.model.drop_ratio, cfg.seed)
     lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)

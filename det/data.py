@@ -129,14 +129,16 @@ class CocoDetection(torch.utils.data.Dataset):
 
     `train` leaves out images without a non-crowd annotation (they teach Mask R-CNN nothing); evaluation keeps
     every image. Bad input is an error naming the file and item, or with `skip_invalid` is left out and counted
-    in `skipped`, shared by every loader worker: in training an unreadable image is replaced by the next readable
-    one, in evaluation it is dropped (the item is {"dropped_id": image id}; scoring another image in its place
-    would count that one twice and the dropped one's objects as misses). An item is an index or (index, seed):
-    the seed alone then decides the augmentation, which makes a resumed run exact.
+    in `skipped`, shared by every loader worker: in training an unreadable or missing image is replaced by the next
+    readable one, in evaluation it is dropped (the item is {"dropped_id": image id}; scoring another image in its
+    place would count that one twice and the dropped one's objects as misses). Image files are first touched when
+    read: `check_files` also looks for every one at start (one stat per image, slow for COCO's 118k on a network
+    file system). An item is an index or (index, seed): the seed alone then decides the augmentation, which makes
+    a resumed run exact.
     """
 
     def __init__(self, annotation_file: str | os.PathLike, image_dir: str | os.PathLike, transform: Transform, *,
-                 train: bool, skip_invalid: bool = False):
+                 train: bool, skip_invalid: bool = False, check_files: bool = False):
         self.annotation_file, self.image_dir = Path(annotation_file), Path(image_dir)
         self.transform, self.train, self.skip_invalid = transform, train, skip_invalid
         self.skipped = SharedCounter()
@@ -147,7 +149,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.classes = [category["name"] for category in categories]
         images = _checked(data["images"], ("id", "file_name"), "image", self.annotation_file)
         annotations = self._valid_annotations(data["annotations"], {image["id"] for image in images})
-        records = self._records(self._existing(images), annotations)
+        records = self._records(self._existing(images) if check_files else images, annotations)
         if train:
             records = [record for record in records if len(record["labels"])]
         if not records:
@@ -226,7 +228,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return valid
 
     def _existing(self, images: list[dict]) -> list[dict]:
-        """The images whose files exist; checked once here, as a missing file is a broken copy of the dataset."""
+        """The images whose files exist: `check_files` finds a broken copy of the dataset before training starts."""
         missing = [image["file_name"] for image in images
                    if not os.path.exists(os.path.join(self.image_dir, image["file_name"]))]
         if not missing:
@@ -330,6 +332,9 @@ def _read_rgb(path: Path) -> tv_tensors.Image:
     try:
         with Image.open(path) as image:
             return tv_tensors.Image(F.pil_to_tensor(ImageOps.exif_transpose(image).convert("RGB")))
+    except FileNotFoundError as error:
+        raise UnreadableImageError(f"{path}: image file not found; restore it (data.check_files=True looks for "
+                                   f"every image at start), {SKIP_HINT.format('images')}") from error
     except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise UnreadableImageError(f"{path}: unreadable image ({error}); replace or remove it, "
                                    f"{SKIP_HINT.format('images')}") from error

@@ -67,11 +67,13 @@ def vitdet_adamw(model: ViTDetMaskRCNN, lr: float, weight_decay: float, layer_de
 
 def coco_dataset(cfg: Config, split: str) -> CocoDetection:
     """The train split with large scale jitter, or the val split resized for testing (`data.skip_invalid`:
-    unreadable images are replaced in training, dropped from the evaluation)."""
+    unreadable images are replaced in training, dropped from the evaluation; `data.check_files`: every image file
+    is looked for at start)."""
     annotations, images = coco_paths(cfg.data.root, split)
     size = cfg.model.img_size
     transform = lsj_transform(size, tuple(cfg.data.scale_range)) if split == "train" else eval_transform(size)
-    return CocoDetection(annotations, images, transform, train=split == "train", skip_invalid=cfg.data.skip_invalid)
+    return CocoDetection(annotations, images, transform, train=split == "train", skip_invalid=cfg.data.skip_invalid,
+                         check_files=cfg.data.check_files)
 
 
 def build_det_runner(cfg: Config):

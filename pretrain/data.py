@@ -17,5 +17,5 @@ class MultiCrop:
             raise UserInputError(f"crops={crops} must be at least 1")
         self.transform, self.crops = transform, crops
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor | Image.Image) -> torch.Tensor:
         return torch.stack([self.transform(image) for _ in range(self.crops)])

@@ -14,7 +14,7 @@ from timm.optim import param_groups_weight_decay
 from backbone import export_checkpoint
 from engine import build_train_runner, peak_lr
 from engine.hooks import ModelMetaHook
-from engine.images import image_folder, pretrain_transform
+from engine.images import CheckedImageFolder, decode_tensor, image_folder, normalize_on_device, pretrain_transform
 from engine.model import DeviceLoggedModel, unwrap_model
 from engine.runner import TrainSpec, trained_runner
 
@@ -42,6 +42,7 @@ class PretrainModel(DeviceLoggedModel):
                 mode: str = "loss") -> dict[str, torch.Tensor]:
         if mode != "loss":
             raise ValueError(f"pre-training models only compute losses (mode='loss'), not mode={mode!r}")
+        images = normalize_on_device(images)  # the loader hands over uint8
         if isinstance(self.net, DropPos):
             return self.net(images, self.smoothing)
         return self.net(images)
@@ -75,10 +76,7 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
     if cfg.compile:
         net.compile()
     img_size = model_cfg["img_size"]
-    transform = pretrain_transform(img_size, cfg.data.crop_scale, cfg.data.hflip)
-    if cfg.data.get("crops"):  # MAE+ / AdPE: several crops of each image, stacked
-        transform = MultiCrop(transform, cfg.data.crops)
-    dataset = image_folder(cfg.data.root, "train", transform, cfg.data.skip_invalid)
+    dataset = pretrain_dataset(cfg)
     lr = peak_lr(cfg.optim.base_lr, cfg.effective_batch)
     optimizer = torch.optim.AdamW(optimizer_groups(net, cfg), lr=lr, betas=tuple(cfg.optim.betas),
                                   fused=torch.cuda.is_available())
@@ -99,6 +97,14 @@ def build_pretrain_runner(cfg: Config, launcher: str | None = None):
         runner.logger.info(f"AdPE {net.adv_mode} mode: delta bounded by {net.adv_eps:g} ({net.adv_norm}), ascent "
                            f"peak lr {adv_lr:.3g} = {cfg.optim.adv_base_lr:g} x {cfg.effective_batch} / 256")
     return runner
+
+
+def pretrain_dataset(cfg: Config) -> CheckedImageFolder:
+    """The training images of a pre-training config: uint8 crops (normalised on the device by PretrainModel)."""
+    transform = pretrain_transform(cfg.model.img_size, cfg.data.crop_scale, cfg.data.hflip, normalize=False)
+    if cfg.data.get("crops"):  # MAE+ / AdPE: several crops of each image, stacked
+        transform = MultiCrop(transform, cfg.data.crops)
+    return image_folder(cfg.data.root, "train", transform, cfg.data.skip_invalid, decode=decode_tensor)
 
 
 def optimizer_groups(net: DropPos | MAE | MAEPlus, cfg: Config) -> list[dict[str, Any]]:

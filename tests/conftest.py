@@ -23,6 +23,20 @@ class StopAfter(Hook):
             raise InterruptedError(f"stopped after iteration {self.iteration}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def index_cache(tmp_path_factory):
+    """Folder indices cached in a folder of the test session, not in the user's ~/.cache (subprocesses inherit it)."""
+    import os
+
+    previous = os.environ.get("DROPPOS_BENCH_CACHE")
+    os.environ["DROPPOS_BENCH_CACHE"] = str(tmp_path_factory.mktemp("index_cache"))
+    yield
+    if previous is None:
+        del os.environ["DROPPOS_BENCH_CACHE"]
+    else:
+        os.environ["DROPPOS_BENCH_CACHE"] = previous
+
+
 @pytest.fixture
 def stop_after():
     """`stop_after(epoch=2)` or `stop_after(iteration=4)`: a hook that interrupts the run there."""

@@ -3,6 +3,7 @@ augmentation, and bad input that is an error naming the file and item or is skip
 import copy
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -229,15 +230,51 @@ def test_collate_and_a_loader_over_seeded_items(lsj_dataset):
     torch.testing.assert_close(batches[1]["targets"][1], expected["target"])
 
 
-def test_missing_image_files_are_an_error_or_left_out(train_files, tmp_path):
-    def rename(data):
-        data["images"][4]["file_name"] = "gone.jpg"
+def rename_fifth_image(data):
+    data["images"][4]["file_name"] = "gone.jpg"
 
-    path = variant(train_files, tmp_path, rename)
+
+def test_check_files_finds_missing_image_files_at_start_as_an_error_or_left_out(train_files, tmp_path):
+    path = variant(train_files, tmp_path, rename_fifth_image)
     with pytest.raises(FileNotFoundError, match=r"gone\.jpg: image file not found \(1 of the 32 images of .*bad\.json"):
-        CocoDetection(path, train_files[1], eval_transform(SIZE), train=True)
-    dataset = CocoDetection(path, train_files[1], eval_transform(SIZE), train=True, skip_invalid=True)
+        CocoDetection(path, train_files[1], eval_transform(SIZE), train=True, check_files=True)
+    dataset = CocoDetection(path, train_files[1], eval_transform(SIZE), train=True, skip_invalid=True,
+                            check_files=True)
     assert len(dataset) == 31 and dataset.skipped.value == 1
+
+
+def test_without_check_files_no_image_file_is_looked_at_during_construction(train_files, monkeypatch):
+    """COCO's 118k stats at start take minutes on a network file system: construction reads the json only."""
+    image_dir, touched = train_files[1], []
+    for name in ("stat", "lstat", "scandir", "listdir"):
+        original = getattr(os, name)
+
+        def recording(path=".", *args, _original=original, **kwargs):
+            if str(image_dir) in os.fsdecode(path):
+                touched.append(path)
+            return _original(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, name, recording)
+    dataset = CocoDetection(*train_files, eval_transform(SIZE), train=True)
+    assert touched == [] and len(dataset) == 32
+    CocoDetection(*train_files, eval_transform(SIZE), train=True, check_files=True)
+    assert len(touched) == 32  # the recording sees the stats that check_files makes
+
+
+def test_a_missing_image_file_is_an_error_naming_it_when_read_or_replaced_and_counted(train_files, tmp_path):
+    path = variant(train_files, tmp_path, rename_fifth_image)
+    gone_id = annotations_json(path)["images"][4]["id"]
+    dataset = CocoDetection(path, train_files[1], eval_transform(SIZE), train=True)
+    position = dataset.image_ids.index(gone_id)
+    with pytest.raises(UnreadableImageError, match=r"train2017/gone\.jpg: image file not found; restore it "
+                                                   r"\(data\.check_files=True .*skip_invalid=True"):
+        dataset[position]
+    skipping = CocoDetection(path, train_files[1], eval_transform(SIZE), train=True, skip_invalid=True)
+    reference = CocoDetection(*train_files, eval_transform(SIZE), train=True)
+    sample = skipping[(position, 3)]  # replaced by the next image
+    assert sample["meta"]["image_id"] == reference.image_ids[position + 1] != gone_id
+    assert torch.equal(sample["image"], reference[(position + 1, 3)]["image"])
+    assert skipping.skipped.value == 1
 
 
 BAD_ANNOTATIONS = {

@@ -10,6 +10,9 @@ data = dict(
     # True leaves such items out (counted in the log): an undecodable training image is replaced by the next one,
     # evaluation scores only the images it could read
     skip_invalid=False,
+    # True looks for every image file at start (one stat per image: slow for COCO on a network file system);
+    # False finds a missing file when it is first read, as an error naming it or (skip_invalid) a counted skip
+    check_files=False,
 )
 model = dict(
     size="base",
