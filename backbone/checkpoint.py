@@ -34,9 +34,10 @@ FORMAT_HELP = {
     "ours": "droppos-bench .safetensors with json metadata",
     "state_dict": "any other {'state_dict': ...} wrapper (mmengine runs, ours included, DDP)",
 }
-# Pre-training-only parts and classification heads, dropped on request before loading an encoder.
+# Pre-training-only parts and classification heads (DeiT's head_dist too), dropped on request before loading an
+# encoder. Not fc_norm: average pooling's features pass through it (timm's pre-logits), so it stays with the encoder.
 DECODER_KEYS = ("decoder", "mask_token", "mask_pos_token")
-HEAD_KEYS = ("head", "fc_norm")
+HEAD_KEYS = ("head",)
 # Plain records that MAE / DeiT training scripts store beside the weights; safe to rebuild.
 SAFE_EXTRA_GLOBALS = [argparse.Namespace]
 # What a pickle of numpy arrays in plain containers names (detectron2's model-zoo .pkl files), under numpy 1's and
@@ -48,6 +49,9 @@ PICKLE_ARRAY_GLOBALS = {
     ("numpy", "ndarray"): ("numpy", "ndarray"), ("numpy", "dtype"): ("numpy", "dtype"),
     ("collections", "OrderedDict"): ("collections", "OrderedDict"), ("_codecs", "encode"): ("_codecs", "encode"),
 }
+
+# What the files torch.save and pickle.dump write start with: a zip archive, or a pickle's protocol (2 to 5) opcode.
+CHECKPOINT_STARTS = (b"PK\x03\x04", *(bytes([0x80, protocol]) for protocol in range(2, 6)))
 
 
 class CheckpointError(UserInputError):
@@ -103,11 +107,23 @@ def load_pickle_safely(path: Path, allow_pickle: bool = False) -> Any:
                               "may be truncated or not a checkpoint") from err
 
 
+def check_checkpoint_start(path: Path) -> None:
+    """Refuse a file that is neither a zip archive nor a pickle before unpickling it: noise would fail somewhere deep
+    in the unpickler, with a message about Python globals or truncation."""
+    with path.open("rb") as handle:
+        start = handle.read(8)
+    if not start.startswith(CHECKPOINT_STARTS):
+        raise CheckpointError(f"{path}: not a checkpoint (it starts with {start!r}); expected a PyTorch file "
+                              "(torch.save: a zip archive or a pickle), a .safetensors file or a .pkl of numpy arrays")
+
+
 def load_file_safely(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[Any, dict[str, str]]:
     """Load a .safetensors, .pkl or torch file; returns (object, safetensors header metadata or {})."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"checkpoint not found: {path}")
+    if path.suffix != ".safetensors":
+        check_checkpoint_start(path)
     if path.suffix == ".pkl":
         return load_pickle_safely(path, allow_pickle), {}
     if path.suffix == ".safetensors":

@@ -20,9 +20,10 @@ from .vitdet import ViTDetViT
 
 # Checkpoint parts a model may be built without, left unused by design (first or last key component): [CLS] (ViTDet
 # backbones have none), DeiT's distillation token (our ViT never has one; the pos-embed resampling drops its slot),
-# the final norm (MAE-style fine-tuning pools into fc_norm, dense-task backbones have none) and ViTDet's relative
-# position tables (a plain ViT read out of a detection run has none). Any other key a model cannot take is an error.
-UNUSED_PARTS = ("cls_token", "dist_token", "norm", "rel_pos_h", "rel_pos_w")
+# the final norm (MAE-style fine-tuning pools into fc_norm, dense-task backbones have none), the average pool's
+# fc_norm (a [CLS]-pooling or dense-task model has none) and ViTDet's relative position tables (a plain ViT read out
+# of a detection run has none). Any other key a model cannot take is an error.
+UNUSED_PARTS = ("cls_token", "dist_token", "norm", "fc_norm", "rel_pos_h", "rel_pos_w")
 
 
 @dataclass
@@ -211,6 +212,16 @@ def unusable_keys(state: dict[str, torch.Tensor], model: VisionTransformer) -> l
             and k.split(".")[-1] not in UNUSED_PARTS]
 
 
+def _unusable_message(keys: list[str]) -> str:
+    """Why the model cannot take `keys`: DeiT's distillation head alone (the encoder fits), or another architecture."""
+    listed = f"{', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
+    if all(key.startswith("head_dist.") for key in keys):
+        return (f"DeiT's distillation token and head ({listed}): this ViT has no place for them, it classifies from "
+                "[CLS] alone; load the checkpoint without its head (drop_head=True, or convert without --keep-head)")
+    return (f"checkpoint keys the model has no place for ({len(keys)}): {listed} (a deeper or otherwise different "
+            "architecture: build the model the checkpoint describes)")
+
+
 def load_pretrained(
     model: VisionTransformer,
     source: str | os.PathLike | Checkpoint,
@@ -242,9 +253,7 @@ def load_pretrained(
         raise CheckpointError(f"{ckpt.path}: {err}") from None
     unused = unusable_keys(state, model)
     if unused:
-        raise CheckpointError(f"{ckpt.path}: checkpoint keys the model has no place for ({len(unused)}): "
-                              f"{', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''} (a deeper or otherwise "
-                              "different architecture: build the model the checkpoint describes)")
+        raise CheckpointError(f"{ckpt.path}: {_unusable_message(unused)}")
     result = model.load_state_dict(state, strict=False)
     report = LoadReport(
         ckpt.path, ckpt.format, loaded=[k for k in state if k not in result.unexpected_keys],

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from mmengine.config import DictAction
 
@@ -147,12 +148,24 @@ def run_seg_eval(args: argparse.Namespace) -> None:
     evaluate.run_seg_eval(args.config, args.overrides)
 
 
+class OverrideAction(DictAction):
+    """mmengine's `key=value` parsing into a dict (numbers, true / false, None, lists and tuples), refusing an
+    argument without '=' as a usage error (exit 2) rather than a traceback."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Sequence[str] | None,
+                 option_string: str | None = None) -> None:
+        for value in values or ():
+            if "=" not in value:
+                raise argparse.ArgumentError(self, f"{value!r} is not key=value (e.g. schedule.epochs=100)")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_config_command(sub: argparse._SubParsersAction, name: str, func, help_text: str, config_help: str,
                        overrides_help: str) -> None:
     """A subcommand that takes a config and `key=value` overrides (every training / evaluation job)."""
     parser = sub.add_parser(name, help=help_text)
     parser.add_argument("config", help=config_help)
-    parser.add_argument("overrides", nargs="*", action=DictAction, metavar="key=value",
+    parser.add_argument("overrides", nargs="*", action=OverrideAction, metavar="key=value",
                         help=f"change config values, {overrides_help}")
     parser.set_defaults(func=func)
 
@@ -190,7 +203,7 @@ def add_convert_command(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--prefix", help="keep only keys under this prefix, stripped (e.g. 'encoder.')")
     convert.add_argument("--img-size", type=int, help="resample the pos embed to this input size")
     convert.add_argument("--num-heads", type=int, help="attention heads, for widths that match no named size")
-    convert.add_argument("--keep-head", action="store_true", help="keep head / fc_norm (fine-tuned checkpoints)")
+    convert.add_argument("--keep-head", action="store_true", help="keep the classification head (fine-tuned)")
     convert.add_argument("--allow-pickle", action="store_true",
                          help="allow arbitrary pickled objects: runs code from the file, only for trusted files")
     convert.set_defaults(func=run_convert)
@@ -282,8 +295,15 @@ def add_seg_commands(sub: argparse._SubParsersAction) -> None:
                        "ckpt=PATH (required, written by seg train), data.root=..., work_dir=...")
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage error in one line and exit 2, like every other user error (`--help` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="droppos-bench", description=__doc__)
+    parser = OneLineErrors(prog="droppos-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add_commands in (add_demo_command, add_data_commands, add_convert_command, add_pretrain_commands,
                          add_cls_commands, add_det_commands, add_bench_commands, add_seg_commands):

@@ -56,11 +56,12 @@ def task_names(stats: dict[str, float], iou_type: str) -> dict[str, float]:
 def detections_to_coco(image_id: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                        category_ids: Sequence[int], masks: np.ndarray | None = None) -> list[dict]:
     """COCO results of one image: boxes (N, 4) xyxy in original pixels, contiguous `labels` mapped through
-    `category_ids`, and masks (N, H, W), booleans or probabilities (thresholded at 0.5), RLE-encoded."""
+    `category_ids`, and masks (N, H, W), booleans or probabilities (thresholded at 0.5), RLE-encoded. Boxes keep
+    full precision: rounding them moves a box's IoU across a threshold now and then, and with it AP and AR."""
     xywh = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
     xywh[:, 2:] -= xywh[:, :2]
     results = [dict(image_id=int(image_id), category_id=int(category_ids[int(label)]),
-                    bbox=[round(float(v), 2) for v in box], score=float(score))
+                    bbox=[float(v) for v in box], score=float(score))
                for box, score, label in zip(xywh, scores, labels, strict=True)]
     if masks is not None and len(results):
         masks = np.asarray(masks)

@@ -147,8 +147,9 @@ class MetricsFileHook(Hook):
 
 
 class SkippedImagesHook(Hook):
-    """Logs after every epoch (and every `every_iters` optimizer steps, for iteration-based runs) how many unreadable
-    images the training set (`dataset.skipped`, a shared counter) has skipped so far; silent while there are none."""
+    """Logs after every epoch (and every `every_iters` optimizer steps, for iteration-based runs) how many invalid
+    items (unreadable or missing images, invalid annotations) the training set (`dataset.skipped`, a shared counter)
+    has skipped so far; silent while there are none."""
 
     def __init__(self, dataset: Any, every_iters: int | None = None):
         self.dataset, self.every_iters = dataset, every_iters
@@ -160,4 +161,5 @@ class SkippedImagesHook(Hook):
     def after_train_epoch(self, runner) -> None:
         skipped = self.dataset.skipped.value
         if skipped:
-            runner.logger.warning(f"{skipped} unreadable images skipped so far (names in the log above)")
+            runner.logger.warning(f"{skipped} invalid items (images or annotations) skipped so far (names in the log "
+                                  "above)")

@@ -21,7 +21,7 @@ from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.hooks import Hook
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModel
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 from .config import check_gpu, load_config
 from .errors import UserInputError
@@ -251,7 +251,7 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     loader = dict(batch_size=spec.batch_size, num_workers=spec.num_workers, pin_memory=cuda,
                   collate_fn=dict(type=collate_fn))
-    return TrainRunner(
+    runner = TrainRunner(
         model=model, work_dir=spec.work_dir, experiment_name=experiment_name,
         train_dataloader=dict(loader, dataset=dataset, persistent_workers=False, drop_last=True,
                               sampler=training_sampler(spec, epoch_steps, accumulation),
@@ -277,6 +277,11 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
                                                          dict(type="TensorboardVisBackend")]),
         cfg=cfg,
     )
+    if spec.resume is True and find_latest_checkpoint(spec.work_dir) is None:
+        # mmengine then logs 'Auto resumed from the latest checkpoint None.' and starts afresh
+        runner.logger.warning(f"resume=True, but {spec.work_dir} holds no checkpoint to resume (no last_checkpoint "
+                              "file): the run starts from the beginning")
+    return runner
 
 
 def training_sampler(spec: TrainSpec, epoch_steps: int | None, accumulation: int) -> dict:

@@ -4,26 +4,27 @@ wrapper process imports this module on its node."""
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .job_lock import LOG_FILE, command_under_lock, lock_held, wait_for_status
 from .suite import BENCHMARKS, Job
 
-LOG_FILE = "job.log"
 TAIL_LINES = 20
 
 
 def run_logged(command: list[str], work_dir: Path, log_file: str = LOG_FILE) -> int:
-    """Run `command` with its output appended to work_dir/`log_file` (after the command line itself); its exit
-    status."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with open(work_dir / log_file, "ab") as log:
-        log.write(f"$ {shlex.join(command)}\n".encode())
-        log.flush()
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    """Run `command` under the job's lock (job_lock.py) with its output appended to work_dir/`log_file` (after the
+    command line itself); its exit status. If the job is already running, started by a harness that was killed,
+    wait for it and take its status instead (run it again only if it ended without recording one)."""
+    if lock_held(work_dir, log_file):
+        print(f"{work_dir}: the job an earlier harness started is still running; waiting for it", flush=True)
+        status = wait_for_status(work_dir, log_file)
+        if status is not None:
+            return status
+    return subprocess.run(command_under_lock(command, work_dir, log_file)).returncode
 
 
 def log_tail(job: Job, lines: int = TAIL_LINES) -> str:

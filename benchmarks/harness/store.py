@@ -19,6 +19,8 @@ from pathlib import Path
 
 from engine.errors import UserInputError
 
+from .job_lock import lock_held
+
 STATES = ("pending", "running", "done", "failed")
 SCHEMA_VERSION = 2  # 2: external_id
 BUSY_TIMEOUT_MS = 30_000  # a second harness or `bench status` holds the write lock for milliseconds, never this long
@@ -149,7 +151,8 @@ class ResultsStore:
             record = self.get(job_id)
             if record is None:
                 raise KeyError(f"no job {job_id!r} in {self.path}")
-            running = record.state == "running" and (record.external_id is not None or self._is_live(record))
+            running = record.state == "running" and (record.external_id is not None or self._is_live(record)
+                                                     or lock_held(Path(record.work_dir)))
             if record.state == "done" or running:
                 return False
             db.execute("UPDATE jobs SET state = 'running', attempts = attempts + 1, pid = ?, host = ?, metrics = NULL, "
@@ -171,9 +174,21 @@ class ResultsStore:
     def adopt(self, job_id: str) -> bool:
         """Make this process the one that waits for a job a scheduler runs (and records its end), taking over from
         a harness that is gone; False if the job is not with a scheduler or a live harness still waits for it."""
+        return self._take_over(job_id, scheduled=True)
+
+    def adopt_orphan(self, job_id: str) -> bool:
+        """Make this process the one that waits for a job process still running after its harness was killed (it
+        holds its work dir's lock) and records its end; False if there is none or a live harness waits for it."""
+        return self._take_over(job_id, scheduled=False)
+
+    def _take_over(self, job_id: str, scheduled: bool) -> bool:
         with self._transaction() as db:
             record = self.get(job_id)
-            if record is None or record.state != "running" or record.external_id is None or self._is_live(record):
+            if record is None or record.state != "running" or self._is_live(record):
+                return False
+            if (record.external_id is not None) != scheduled:
+                return False
+            if not scheduled and not lock_held(Path(record.work_dir)):
                 return False
             db.execute("UPDATE jobs SET pid = ?, host = ?, updated_at = ? WHERE job_id = ?",
                        (os.getpid(), self._host, _now(), job_id))
@@ -201,10 +216,11 @@ class ResultsStore:
 
     def reset_interrupted(self) -> list[str]:
         """Put running jobs whose process is gone back to pending, so they show as interrupted, not running; a job
-        with a scheduler id is left running: the scheduler, not the harness, runs it."""
+        with a scheduler id, or whose job process still holds its work dir's lock, is left running."""
         with self._transaction() as db:
             dead = [record.job_id for record in self.jobs()
-                    if record.state == "running" and record.external_id is None and not self._is_live(record)]
+                    if record.state == "running" and record.external_id is None and not self._is_live(record)
+                    and not lock_held(Path(record.work_dir))]
             db.executemany("UPDATE jobs SET state = 'pending', pid = NULL, host = NULL, updated_at = ? "
                            "WHERE job_id = ?", [(_now(), job_id) for job_id in dead])
         return dead
@@ -252,7 +268,7 @@ def run_jobs(store: ResultsStore, jobs: Sequence[str], execute: Callable[[JobRec
     KeyboardInterrupt propagates and leaves the job running, so the next run sees it as interrupted."""
     states = {}
     for job_id in jobs:
-        if not store.claim(job_id):
+        if not store.claim(job_id) and not store.adopt_orphan(job_id):
             state = store.get(job_id).state
             states[job_id] = "skipped" if state == "done" else state
             continue

@@ -2,13 +2,16 @@
 import fractions
 import os
 import pickle
+import re
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from backbone import CheckpointError, build_vit, export_checkpoint, load_model, load_pretrained, read_checkpoint
 from backbone.checkpoint_export import to_detectron2_vitdet, to_mmseg_mae
+from backbone.vit import VisionTransformer
 
 TINY = dict(depth=2, img_size=224, patch_size=16)  # ViT-Tiny width, 2 blocks: real 224/16 key shapes
 
@@ -181,6 +184,23 @@ def test_parts_a_model_is_built_without_may_be_left_unused(tmp_path, encoder):
     torch.testing.assert_close(dense.pos_embed, pos[:, 1:])
 
 
+def test_a_deit_distilled_checkpoint_with_its_head_names_the_distillation_head(tmp_path, encoder):
+    """Not 'a deeper or otherwise different architecture': the encoder fits, only the distillation head does not."""
+    state = encoder_state(encoder)
+    pos = state["pos_embed"]
+    path = tmp_path / "deit_distilled.pth"
+    torch.save({"model": {**state, "dist_token": torch.randn(1, 1, 192),
+                          "pos_embed": torch.cat([pos[:, :1], torch.randn(1, 1, 192), pos[:, 1:]], dim=1),
+                          "head.weight": torch.randn(5, 192), "head.bias": torch.randn(5),
+                          "head_dist.weight": torch.randn(5, 192), "head_dist.bias": torch.randn(5)}}, path)
+    expected = f"{path}: DeiT's distillation token and head (head_dist.weight, head_dist.bias)"
+    with pytest.raises(CheckpointError, match=re.escape(expected)) as err:
+        load_model(path, keep_head=True)
+    assert "deeper" not in str(err.value) and "without its head" in str(err.value)
+    model, report = load_model(path)
+    assert "head_dist.weight" in report.dropped and torch.equal(model.pos_embed, pos)
+
+
 def test_wrong_width_names_key_and_sizes(tmp_path, encoder):
     path = tmp_path / "tiny.pth"
     write_timm(encoder, path)
@@ -213,6 +233,19 @@ def test_unknown_format_lists_supported_forms(tmp_path):
         read_checkpoint(path, fmt="mae")
     with pytest.raises(CheckpointError, match="unknown format"):
         read_checkpoint(path, fmt="caffe")
+
+
+@pytest.mark.parametrize("filename", ["noise.pth", "noise.pkl"])
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_random_bytes_are_not_a_checkpoint(tmp_path, filename, allow_pickle):
+    """Not a pickle needing --allow-pickle, nor a truncated one: the file is named and the expected formats listed."""
+    path = tmp_path / filename
+    for seed in range(20):  # noise that reaches different depths of an unpickler
+        path.write_bytes(torch.randint(0, 256, (512,), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.uint8).numpy().tobytes())
+        with pytest.raises(CheckpointError, match=re.escape(f"{path}: not a checkpoint")) as err:
+            read_checkpoint(path, allow_pickle=allow_pickle)
+        assert ".safetensors" in str(err.value) and not {"allow-pickle", "truncated"} & set(str(err.value).split())
 
 
 class RunsCode:
@@ -373,3 +406,24 @@ def test_a_training_runs_work_dir_stands_for_its_last_checkpoint(tmp_path):
     assert torch.equal(read_checkpoint(run).state["blocks.0.mlp.fc1.weight"], model.blocks[0].mlp.fc1.weight)
     with pytest.raises(CheckpointError, match="without a last_checkpoint file"):
         read_checkpoint(tmp_path)
+
+
+def test_timm_avg_pool_checkpoint_without_head_keeps_fc_norm(tmp_path):
+    """fc_norm belongs to the feature path of an average-pooling ViT: without the head, pooled features still equal
+    timm's pre-logits (MAE pre-trained checkpoints simply have no fc_norm, see test_allowed_missing_policy)."""
+    torch.manual_seed(0)
+    small = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
+    reference = TimmViT(**small, num_classes=7, global_pool="avg", fc_norm=True).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # fc_norm off its identity init
+    path = tmp_path / "timm_avg.pth"
+    torch.save(reference.state_dict(), path)
+    x = torch.randn(2, 3, 32, 32)
+    expected = reference.forward_head(reference.forward_features(x), pre_logits=True)
+    model, report = load_model(path, num_heads=4)
+    assert report.dropped == ["head.weight", "head.bias"] and not report.missing
+    torch.testing.assert_close(model.eval().forward_features(x), expected, atol=1e-5, rtol=0)
+    encoder = VisionTransformer(**small, global_pool="avg")
+    load_pretrained(encoder, path, allowed_missing=("head", "fc_norm"))
+    torch.testing.assert_close(encoder.eval().forward_features(x), expected, atol=1e-5, rtol=0)

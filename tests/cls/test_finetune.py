@@ -159,7 +159,8 @@ def test_unreadable_training_image_is_named_or_skipped_and_counted(tmp_path, dat
     assert main(["cls", "finetune", "finetune_tiny_synth", f"work_dir={skip}", "data.skip_invalid=True",
                  *args]) == 0
     log = next(skip.glob("*/*.log")).read_text()
-    assert f"{broken}: unreadable image skipped" in log and "1 unreadable images skipped so far" in log
+    assert f"{broken}: unreadable image skipped" in log
+    assert "1 invalid items (images or annotations) skipped so far" in log
 
 
 def test_runners_built_in_the_same_second_log_to_their_own_folders(tmp_path, data, monkeypatch):

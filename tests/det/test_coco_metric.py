@@ -8,7 +8,7 @@ from pycocotools import mask as mask_api
 
 from benchmarks.coco_eval_speed import noisy_detections, pycocotools_stats
 from benchmarks.synthetic import COCO_CATEGORY_IDS, synthesize
-from det.coco_metric import COCO_STATS, CocoMetric, _numpy, coco_stats, detections_to_coco, load_coco
+from det.coco_metric import COCO_STATS, CocoMetric, _numpy, coco_stats, detections_to_coco, load_coco, task_names
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,26 @@ def test_runner_metric_names_and_results_file(annotations, tmp_path):
     assert len(written) == len(detections)
     assert metrics["APm"] == pytest.approx(coco_stats(gt, written, "segm")["AP"])
     assert metrics["APb"] == pytest.approx(coco_stats(gt, detections, "bbox")["AP"], abs=1e-3)
+
+
+def test_scores_boxes_at_full_precision(tmp_path):
+    """A box whose IoU with its ground truth is 0.4998 misses at IoU 0.5, as pycocotools scores it; rounded to two
+    decimals it would reach 0.5 and match. The results file holds what was scored."""
+    gt = {"images": [{"id": 1, "width": 100, "height": 100}], "categories": [{"id": 5, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 20, 20], "area": 400,
+                           "iscrowd": 0}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    box = torch.tensor([[10.0, 10.0, 30.0, 19.996]])
+    metric = CocoMetric(path, [5], iou_types=("bbox",), results_file=tmp_path / "detections.json")
+    metric.process(None, [dict(image_id=1, boxes=box, scores=torch.tensor([0.9]), labels=torch.tensor([0]))])
+    metrics = metric.evaluate(1)
+    exact = [dict(image_id=1, category_id=5, bbox=[10.0, 10.0, 20.0, float(box[0, 3]) - 10.0], score=0.9)]
+    reference = pycocotools_stats(path, exact, "bbox")
+    np.testing.assert_allclose([metrics[name] for name in task_names(dict.fromkeys(COCO_STATS), "bbox")], reference,
+                               rtol=0, atol=1e-12)
+    assert metrics["APb50"] == 0.0
+    rounded = [dict(exact[0], bbox=[round(v, 2) for v in exact[0]["bbox"]])]
+    assert pycocotools_stats(path, rounded, "bbox")[1] == pytest.approx(1.0)  # a case that rounding changes
+    written = json.loads((tmp_path / "detections.json").read_text())
+    assert coco_stats(load_coco(path), written, "bbox") == coco_stats(load_coco(path), exact, "bbox")

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from torchvision.transforms.v2 import functional as F
 
 from benchmarks.synthetic import COCO_CATEGORY_IDS, synthesize
 from det.data import PAD_RGB, CocoDetection, coco_paths, collate, eval_transform, fitted_size, lsj_transform
+from engine.hooks import SkippedImagesHook
 from engine.images import UnreadableImageError
 
 SIZE = 64
@@ -298,6 +300,15 @@ def test_bad_annotations_name_the_annotation_or_are_dropped(train_files, tmp_pat
     position = good.image_ids.index(victim["image_id"])
     assert dataset.skipped.value == 1
     assert len(dataset[position]["target"]["labels"]) == len(good[position]["target"]["labels"]) - 1
+
+
+def test_the_training_log_counts_a_skipped_annotation_as_an_invalid_item_not_an_image(train_files, tmp_path):
+    """The dataset's skip counter holds images and annotations alike; the hook's message must not call both images."""
+    path = variant(train_files, tmp_path, lambda data: data["annotations"][0].update(category_id=4))
+    dataset = CocoDetection(path, train_files[1], eval_transform(SIZE), train=True, skip_invalid=True)
+    warnings = []
+    SkippedImagesHook(dataset).after_train_epoch(SimpleNamespace(logger=SimpleNamespace(warning=warnings.append)))
+    assert warnings == ["1 invalid items (images or annotations) skipped so far (names in the log above)"]
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -118,3 +118,16 @@ def test_mmengines_run_iter_still_does_only_what_the_step_loops_repeat():
                          "self._iter += 1"], (
             f"mmengine's {loop.__name__}.run_iter changed ({statements}): engine/loops.py's "
             "OptimizerStepIterations.train_optimizer_step must do what it now does, for each step of batches")
+
+
+def test_resume_without_a_checkpoint_says_the_run_starts_from_the_beginning(tmp_path):
+    """mmengine itself only logs 'Auto resumed from the latest checkpoint None.' and trains from scratch."""
+    spec = TrainSpec(work_dir=str(tmp_path), epochs=1, batch_size=1, effective_batch=1, warmup_epochs=0,
+                     warmup_iters=None, min_lr=0.0, precision="fp32", clip_grad=None, num_workers=0, log_interval=1,
+                     checkpoint_interval=1, max_keep_checkpoints=1, seed=0, resume=True)
+    for _ in range(2):  # the second run finds the first one's checkpoint and resumes
+        model = Regressor()
+        build_train_runner(spec, model, Vectors(), torch.optim.AdamW(model.parameters()), "resume_test").train()
+    logs = "".join(path.read_text() for path in tmp_path.glob("*/*.log"))
+    notice = f"resume=True, but {tmp_path} holds no checkpoint to resume (no last_checkpoint file): the run starts"
+    assert logs.count(notice) == 1 and logs.count("Auto resumed from the latest checkpoint") == 2
