@@ -18,7 +18,9 @@ workers: the unique memory (USS) each of --workers loader workers gains reading 
 full-size ImageNet index or COCO dataset, after the first batch and at the end. The files are empty, so reading is
 a stat and a blank 8x8 image: the growth is the index's pages that the workers copy, not the decoder's.
 rate: images/s per core (one process, one thread, no loader workers) of the pre-training, fine-tuning, detection
-and segmentation input pipelines on --rate-images JPEGs per layout as large and textured as the real datasets'.
+and segmentation input pipelines on --rate-images JPEGs per layout as large and textured as the real datasets',
+and of the pre-training pipeline as it was (PIL decode and crop, CPU normalise: the reference of the printed ratio);
+best of 3 rounds that alternate the pipelines.
 Each measurement runs in a fresh child process (`--measure`), so nothing the parent holds or cached skews it.
 """
 from __future__ import annotations

@@ -12,3 +12,8 @@ class MissingInputError(UserInputError, FileNotFoundError):
 
 class OutputExistsError(UserInputError, FileExistsError):
     """An output the user named exists and is not to be replaced (still a FileExistsError)."""
+
+
+class OutputWriteError(UserInputError, OSError):
+    """An output cannot be written where the user pointed it (read-only, full, below a file, no permission); the
+    message names the path and the reason (still an OSError)."""

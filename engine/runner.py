@@ -19,7 +19,7 @@ from mmengine.dataset import DefaultSampler
 from mmengine.dist import master_only
 from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.hooks import Hook
-from mmengine.logging import MMLogger
+from mmengine.logging import MMLogger, print_log
 from mmengine.model import BaseModel
 from mmengine.runner import Runner, find_latest_checkpoint
 
@@ -35,7 +35,7 @@ from .hooks import (
 )
 from .loops import EpochStepLoop, StreamIterLoop
 from .optim import DeviceOptimWrapper
-from .safe_io import atomic_path
+from .safe_io import atomic_path, check_output_dir, remove_stale_temporaries
 from .seeding import torch_seeds_workers
 from .stream import StreamSampler
 
@@ -237,6 +237,7 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
     work_dir/metrics.json.
     """
     launcher = launcher or distributed_launcher()
+    prepare_work_dir(spec.work_dir)
     if run := next(_RUNNERS_BUILT):
         experiment_name = f"{experiment_name}_run{run}"
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -282,6 +283,15 @@ def build_train_runner(spec: TrainSpec, model: BaseModel, dataset: torch.utils.d
         runner.logger.warning(f"resume=True, but {spec.work_dir} holds no checkpoint to resume (no last_checkpoint "
                               "file): the run starts from the beginning")
     return runner
+
+
+def prepare_work_dir(work_dir: str) -> None:
+    """Stop an unwritable work_dir before mmengine creates its folders and anything trains, and delete the temporary
+    files of checkpoint writes that a kill interrupted (each can be a whole checkpoint)."""
+    check_output_dir(work_dir)
+    if int(os.environ.get("RANK", 0)) == 0:  # the checkpoint writer; pids of other hosts mean nothing here
+        for stale in remove_stale_temporaries(work_dir):
+            print_log(f"removed {stale}: the temporary file of a write that did not finish", logger="current")
 
 
 def training_sampler(spec: TrainSpec, epoch_steps: int | None, accumulation: int) -> dict:

@@ -5,24 +5,33 @@ as listed, never remapped. Bad data fails early with the file named, instead of 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
-from mmcv.transforms import BaseTransform
+from mmcv.transforms import BaseTransform, LoadImageFromFile
+from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 
 # mmseg loads here because the package's __init__ has already put in the stand-in for mmcv's compiled ops
 from mmseg.datasets import ADE20KDataset, BaseSegDataset
+from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS, TRANSFORMS
 
 from engine.errors import MissingInputError, UserInputError
+from engine.images import SharedCounter, UnreadableImageError
 from engine.seeding import seeded_randomness
 
 ADE20K_CLASSES: tuple[str, ...] = tuple(ADE20KDataset.METAINFO["classes"])
 IGNORE_INDEX = 255  # mmseg's ignored label; reduce_zero_label maps raw 0 (unlabelled) to it
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
+# The loading steps, the file each reads, and its read or decode failures: PIL's are OSErrors (as a missing file's),
+# cv2 raises its error on empty data and returns None on other bad data, on which LoadImageFromFile asserts
+LOADERS = ((LoadImageFromFile, "img_path", "image", (OSError, ValueError, cv2.error, AssertionError)),
+           (LoadAnnotations, "seg_map_path", "label png", (OSError, ValueError, cv2.error)))
 
 
 @DATASETS.register_module()
@@ -31,14 +40,19 @@ class ADE20KLayoutDataset(BaseSegDataset):
     folder 'training' for split 'train' and 'validation' for 'val'; `classes=None` means ADE20K's 150.
 
     METAINFO stays empty, so mmseg builds no label map (it would demand the classes be a subset of ADE20K's).
-    Further keyword arguments go to mmseg's BaseSegDataset (e.g. `indices`).
+    An unreadable image or label png stops the run with an UnreadableImageError naming the file, or in the train
+    split with `skip_invalid` is replaced by the next readable sample and counted in `skipped`, shared by every
+    loader worker. Evaluation never skips (scoring another image in its place would count that one twice). Further
+    keyword arguments go to mmseg's BaseSegDataset (e.g. `indices`).
     """
 
     def __init__(self, data_root: str | Path, split: str, classes: Sequence[str] | None = None,
-                 pipeline: Sequence[dict] = (), reduce_zero_label: bool = True, **kwargs: Any) -> None:
+                 pipeline: Sequence[dict] = (), reduce_zero_label: bool = True, skip_invalid: bool = False,
+                 **kwargs: Any) -> None:
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"split must be one of {sorted(SPLIT_FOLDERS)}, got {split!r}")
         folder = SPLIT_FOLDERS[split]
+        self.split, self.skip_invalid, self.skipped = split, skip_invalid, SharedCounter()
         if classes is None:
             metainfo = dict(classes=ADE20K_CLASSES, palette=ADE20KDataset.METAINFO["palette"])
         else:
@@ -53,8 +67,33 @@ class ADE20KLayoutDataset(BaseSegDataset):
         """An index, or (index, seed) from the engine's sample stream: the seed then fixes the sample's
         augmentation (mmcv's transforms draw from numpy's global RNG), so a resumed run sees the same crops."""
         index, seed = item if isinstance(item, (tuple, list)) else (item, None)
-        with seeded_randomness(seed):
-            return super().__getitem__(index)
+        for offset in range(len(self)):
+            position = (int(index) + offset) % len(self)
+            try:
+                with seeded_randomness(seed):
+                    return super().__getitem__(position)
+            except UnreadableImageError as error:
+                if not (self.skip_invalid and self.split == "train"):
+                    raise UnreadableImageError(f"{error}; {self._remedy()}") from error
+                self.skipped.add(1)
+                print_log(f"{error}: replaced by the next sample", logger="current", level=logging.WARNING)
+        raise UnreadableImageError(f"{self.data_prefix['img_path']}: not one readable image with its label png")
+
+    def prepare_data(self, idx: int) -> dict | None:
+        """mmengine's: the pipeline on the sample's record (None when a step gives up), with a file that a loading step
+        cannot read or decode an UnreadableImageError naming it: mmcv raises cv2's error, or asserts on the None cv2
+        returns, without the name."""
+        results = self.get_data_info(idx)
+        for step in self.pipeline.transforms:
+            results = _checked_step(step, results)
+            if results is None:
+                return None
+        return results
+
+    def _remedy(self) -> str:
+        if self.split == "train":
+            return "replace or remove it, or set data.skip_invalid=True to skip such files"
+        return "replace or remove it (evaluation scores every image, data.skip_invalid does not apply)"
 
     def load_data_list(self) -> list[dict]:
         """Every image of the split with its label png, sorted by path; a missing folder or png fails here, where
@@ -76,6 +115,20 @@ class ADE20KLayoutDataset(BaseSegDataset):
         return [dict(img_path=str(image), seg_map_path=str(label), label_map=self.label_map,
                      reduce_zero_label=self.reduce_zero_label, seg_fields=[])
                 for image, label in zip(images, labels, strict=True)]
+
+
+def _checked_step(step: Any, results: dict) -> dict | None:
+    """`step(results)`; when `step` loads the image or the label png, a failure to read or decode the file is an
+    UnreadableImageError naming it."""
+    loader = next((loader for loader in LOADERS if isinstance(step, loader[0])), None)
+    if loader is None:
+        return step(results)
+    _, key, what, failures = loader
+    try:
+        return step(results)
+    except failures as error:
+        reason = " ".join(str(error).split()) or type(error).__name__  # one line: cv2's message ends in a newline
+        raise UnreadableImageError(f"{results[key]}: unreadable {what} ({reason})") from error
 
 
 @TRANSFORMS.register_module()
@@ -157,7 +210,7 @@ def class_names(data_cfg: Mapping[str, Any]) -> tuple[str, ...]:
 
 def build_seg_dataset(data_cfg: Mapping[str, Any], split: str) -> ADE20KLayoutDataset:
     """Split 'train' (with the training augmentation) or 'val' (with the test pipeline) of a data config:
-    root, classes, crop_size, scale, ratio_range, cat_max_ratio, reduce_zero_label."""
+    root, classes, crop_size, scale, ratio_range, cat_max_ratio, reduce_zero_label, skip_invalid (absent: False)."""
     classes, reduce_zero_label = class_names(data_cfg), data_cfg["reduce_zero_label"]
     if split == "train":
         pipeline = train_pipeline(data_cfg["crop_size"], data_cfg["scale"], data_cfg["ratio_range"],
@@ -165,4 +218,4 @@ def build_seg_dataset(data_cfg: Mapping[str, Any], split: str) -> ADE20KLayoutDa
     else:
         pipeline = test_pipeline(data_cfg["scale"], len(classes), reduce_zero_label)
     return ADE20KLayoutDataset(data_cfg["root"], split, classes=data_cfg["classes"], pipeline=pipeline,
-                               reduce_zero_label=reduce_zero_label)
+                               reduce_zero_label=reduce_zero_label, skip_invalid=data_cfg.get("skip_invalid", False))

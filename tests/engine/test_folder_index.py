@@ -138,7 +138,7 @@ def test_tensor_decoding_gives_pils_pixels_for_every_kind_of_file(tmp_path):
              "gray.JPEG": ("L", "JPEG")}
     for name, (mode, fmt) in files.items():
         Image.fromarray(pixels).convert(mode).save(tmp_path / name, format=fmt, quality=90)
-        expected = torch.from_numpy(np.asarray(Image.open(tmp_path / name).convert("RGB"))).permute(2, 0, 1)
+        expected = torch.from_numpy(np.array(Image.open(tmp_path / name).convert("RGB"))).permute(2, 0, 1)
         assert torch.equal(decode_tensor(str(tmp_path / name)), expected), name
 
 

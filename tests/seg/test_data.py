@@ -1,5 +1,6 @@
 """ADE20K-layout data through mmseg's pipelines on small synthetic sets: listing, label reduction, sizes, and the
 errors that name the bad file."""
+import copy
 import json
 import random
 import re
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from mmengine.dataset import pseudo_collate
 from PIL import Image
 
 from benchmarks.synthetic import SEMANTIC_CLASSES, synthesize
+from engine.images import UnreadableImageError
 from seg.data import (
     ADE20K_CLASSES,
     ADE20KLayoutDataset,
@@ -40,10 +44,10 @@ def own_root(tmp_path):
     return make_synthetic(tmp_path)
 
 
-def data_cfg(root: Path, scale=(256, 64)) -> dict:
+def data_cfg(root: Path, scale=(256, 64), skip_invalid: bool = False) -> dict:
     """(256, 64) rescales 64 px scenes to 32..128 px, so every training crop is a full CROP x CROP."""
     return dict(root=str(root), classes=SYNTH_CLASSES, crop_size=CROP, scale=scale, ratio_range=(0.5, 2.0),
-                cat_max_ratio=0.75, reduce_zero_label=True, num_workers=0)
+                cat_max_ratio=0.75, reduce_zero_label=True, num_workers=0, skip_invalid=skip_invalid)
 
 
 def sample(dataset, index: int = 0) -> dict:
@@ -178,3 +182,45 @@ def test_a_label_of_another_size_fails_naming_both_files(own_root, split, folder
     image_name = re.escape(path.with_suffix(".jpg").name)
     with pytest.raises(ValueError, match=rf"{re.escape(path.name)} is {size}x{size} .*{image_name} is 64x64"):
         sample(dataset)
+
+
+def image_path(root: Path, split_folder: str, index: int = 0) -> Path:
+    return sorted((root / "images" / split_folder).glob("*.jpg"))[index]
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image"])  # cv2 raises on the empty file, returns None on the other
+def test_an_unreadable_image_fails_naming_the_file_also_in_a_loader_worker(own_root, content):
+    path = image_path(own_root, "training", 1)
+    path.write_bytes(content)
+    dataset = build_seg_dataset(data_cfg(own_root), "train")
+    message = rf"{re.escape(str(path))}: unreadable image \(.+\); replace or remove it, or set data.skip_invalid=True"
+    with pytest.raises(UnreadableImageError, match=message):
+        sample(dataset, 1)
+    loader = torch.utils.data.DataLoader(dataset, sampler=[1], num_workers=1, collate_fn=pseudo_collate)
+    with pytest.raises(UnreadableImageError, match=re.escape(str(path))):  # raised again in the main process
+        next(iter(loader))
+
+
+def test_an_unreadable_label_png_fails_naming_it_and_evaluation_never_skips(own_root):
+    path = label_path(own_root, "validation")
+    path.write_bytes(b"")
+    dataset = build_seg_dataset(data_cfg(own_root, skip_invalid=True), "val")
+    with pytest.raises(UnreadableImageError, match=rf"{re.escape(str(path))}: unreadable label png .*does not apply"):
+        sample(dataset)
+    assert dataset.skipped.value == 0
+
+
+def test_with_skip_invalid_training_takes_the_next_sample_and_counts_across_workers(own_root):
+    image_path(own_root, "training", 1).write_bytes(b"")
+    label_path(own_root, "training", 3).write_bytes(b"")
+    dataset = build_seg_dataset(data_cfg(own_root, skip_invalid=True), "train")
+    reference = build_seg_dataset(data_cfg(make_synthetic(own_root.parents[1] / "intact")), "train")
+    replaced, expected = dataset[(1, 7)], reference[(2, 7)]  # the next sample, with the same seed
+    assert replaced["data_samples"].img_path.endswith(Path(expected["data_samples"].img_path).name)
+    assert torch.equal(replaced["inputs"], expected["inputs"])
+    assert dataset.skipped.value == 1
+    loader = torch.utils.data.DataLoader(dataset, sampler=[3, 4], num_workers=1, collate_fn=pseudo_collate)
+    names = [Path(item.img_path).stem for batch in loader for item in batch["data_samples"]]
+    assert names == [image_path(own_root, "training", 4).stem] * 2
+    assert dataset.skipped.value == 2  # counted in the worker too
+    assert copy.deepcopy(dataset).skipped is dataset.skipped  # mmengine deep-copies datasets

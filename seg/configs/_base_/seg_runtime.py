@@ -12,6 +12,9 @@ data = dict(
     ratio_range=(0.5, 2.0),  # random rescale of `scale` in training
     cat_max_ratio=0.75,  # re-draw a crop (up to 10 times) in which one class covers more than this
     num_workers=4,  # data-loader processes per GPU
+    # True: in training an unreadable image or label png is replaced by the next readable sample (each logged, the
+    # count logged every log_interval steps); False: it stops the run naming the file. Evaluation never skips.
+    skip_invalid=False,
 )
 model = dict(
     size="base",
