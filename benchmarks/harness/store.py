@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.errors import UserInputError
+from engine.safe_io import pid_alive
 
 from .job_lock import lock_held
 
@@ -229,7 +230,7 @@ class ResultsStore:
         """A running job's process is alive: by pid on this host; elsewhere we cannot look, so trust it until
         `stale_after_s` have passed since its last state change."""
         if record.host == self._host and record.pid is not None:
-            return _pid_alive(record.pid)
+            return pid_alive(record.pid)
         age_s = (datetime.now(timezone.utc) - datetime.fromisoformat(record.updated_at)).total_seconds()
         return age_s < self.stale_after_s
 
@@ -297,15 +298,6 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
 
 
-def _pid_alive(pid: int) -> bool:
-    # signal 0 checks existence only (POSIX); EPERM means it exists under another user
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _record(row: tuple) -> JobRecord:
