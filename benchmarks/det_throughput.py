@@ -27,7 +27,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from benchmarks.coco_eval_speed import compare_coco_eval
 from benchmarks.synthetic import synthesize
-from benchmarks.timing import best_rates, hardware, step_parser
+from benchmarks.timing import best_rates, hardware, report_host_syncs, step_parser
 from det.data import CocoDetection, coco_paths, collate, eval_transform, lsj_transform
 from det.model import ViTDetMaskRCNN, build_mask_rcnn
 from det.paste import paste_masks
@@ -107,8 +107,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             model.train()
-            train = best_rates({"train": partial(train_step, model, optimizer, cycle(train_data), amp)}, batch,
-                               args.rounds, args.steps, device)["train"]
+            step = partial(train_step, model, optimizer, cycle(train_data), amp)
+            train = best_rates({"train": step}, batch, args.rounds, args.steps, device)["train"]
             memory = (f", {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB peak" if device.type == "cuda"
                       else "")
             model.eval()
@@ -117,6 +117,9 @@ def main() -> None:
             print(f"  batch {batch}: train {train:.2f} images/s ({train / batch:.2f} it/s{memory}), "
                   f"= {train / VITDET_IMAGES_PER_SECOND:.2f} x ViTDet's 3.2 images/s per A100; "
                   f"inference {infer:.2f} images/s", flush=True)
+            if args.sync_check:
+                model.train()
+                report_host_syncs("the detection training step", step, device)
     compare_paste(device, args.rounds)
     if args.coco_eval_images:
         compare_coco_eval(args.coco_eval_images, 128)

@@ -9,7 +9,8 @@ PY_VERSION=${PY_VERSION:-3.12}
 pins=$(python3 - <<'EOF'
 import tomllib
 deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-wanted = ("timm", "mmengine", "mmsegmentation", "mmcv-lite", "ftfy", "faster-coco-eval", "pycocotools", "submitit")
+wanted = ("timm", "mmengine", "mmsegmentation", "mmcv-lite", "ftfy", "faster-coco-eval", "pycocotools", "submitit",
+          "simplejpeg")
 print(" ".join(d.split("#")[0].strip() for d in deps if d.split("==")[0] in wanted))
 EOF
 )

@@ -27,7 +27,7 @@ from torch import nn
 
 from backbone import build_vit
 from benchmarks.synthetic import synthesize
-from benchmarks.timing import Step, best_rates, hardware, step_parser
+from benchmarks.timing import Step, best_rates, hardware, report_host_syncs, step_parser
 from cls.data import train_transform
 from cls.finetune import CONFIGS_DIR
 from engine import load_config
@@ -123,6 +123,8 @@ def compare_models(args: argparse.Namespace, device: torch.device, amp: bool) ->
         ratio = lambda r: r["ours"] / r["timm"] if r["timm"] else float("nan")  # noqa: E731
         print(f"  {batch:>5} {rates['ours']:10.1f} {rates['timm']:10.1f} {ratio(rates):9.3f} "
               f"{eval_rates['ours']:10.1f} {eval_rates['timm']:10.1f} {ratio(eval_rates):9.3f}", flush=True)
+    if args.sync_check:
+        report_host_syncs("our fine-tuning step", train["ours"], device)
     return best_train
 
 

@@ -5,6 +5,7 @@
 #   benchmarks/fetch_gpu_wheels.sh                 # here, with an index: our other dependencies as wheels in .whl/
 #   OUT=results bash benchmarks/gpu_session.sh     # there: one log per check under $OUT, a summary at the end
 #   SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_session.sh   # the same checks at toy sizes on a CPU (tests/benchmarks)
+#   ONLY="det seg" OUT=results bash benchmarks/gpu_session.sh   # some checks (a device call is limited to 10 min)
 #
 # Each check has its own time limit, so one that hangs or runs out of memory costs only its own minutes; the
 # exit status is the number of checks that failed. Checks: the four throughput benchmarks at the paper's sizes
@@ -14,6 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_session}
 SMOKE=${SMOKE:-0}
+ONLY=${ONLY:-}  # names of the checks to run, separated by spaces; empty: all
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -27,20 +29,22 @@ fi
 
 if [ "$SMOKE" = 1 ]; then
     # toy sizes that run on a CPU in about a minute: the same scripts and options as below
-    TINY=(--size tiny --depth 1 --steps 1 --rounds 1 --device cpu)
-    PRETRAIN=("${TINY[@]}" --img-size 64 --batch 4)
-    PRETRAIN_COMPILED=("${PRETRAIN[@]}")
+    TINY=(--size tiny --depth 1 --steps 1 --rounds 1 --device cpu --sync-check)
+    PRETRAIN=("${TINY[@]}" --img-size 64 --batch 4 --mae)
+    PRETRAIN_COMPILED=("${TINY[@]}" --img-size 64 --batch 4)
     FINETUNE=("${TINY[@]}" --img-size 64 --batch 4 --workers 1 --loader-batches 2 --loader-image-size 64)
     DET=("${TINY[@]}" --img-size 128 --batch 1 --scene-size 128)
     SEG=("${TINY[@]}" --img-size 64 --batch 2 --test-size 64 96)  # BatchNorm needs 2
+    DATA_RATE=(--quick)
     GPU_PATH=(precision=fp32 require_gpu=False)
     LIMIT_SCALE=4
 else
-    PRETRAIN=(--size base --batch 64 128 256)
+    PRETRAIN=(--size base --batch 64 128 256 --mae --sync-check)
     PRETRAIN_COMPILED=(--size base --batch 256 --compile)
-    FINETUNE=(--size base --batch 128 --workers 8 16)
-    DET=(--size base --batch 2)
-    SEG=(--size base --batch 2)
+    FINETUNE=(--size base --batch 128 --workers 8 16 --sync-check)
+    DET=(--size base --batch 2 --sync-check)
+    SEG=(--size base --batch 2 --sync-check)
+    DATA_RATE=(--rate-images 100)
     GPU_PATH=(precision=bf16 compile=True require_gpu=True)
     LIMIT_SCALE=1
 fi
@@ -49,6 +53,9 @@ failed=0
 check() {  # check NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, count a failure
     local name=$1 seconds=$(($2 * LIMIT_SCALE))
     shift 2
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then
+        return
+    fi
     echo "== $name (limit ${seconds}s): $*"
     local start=$SECONDS
     timeout --kill-after=10 "$seconds" "$@" >"$OUT/$name.log" 2>&1
@@ -59,21 +66,23 @@ check() {  # check NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
 }
 
 check env 30 "$PYTHON" -c "
-import platform, torch
+import os, platform, torch
+print('cpu cores', os.cpu_count())
 print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda)
 if torch.cuda.is_available():
     print('device', torch.cuda.get_device_name(), round(torch.cuda.get_device_properties(0).total_memory / 2**30), 'GiB')
 import timm, mmengine, mmseg, faster_coco_eval
 print('timm', timm.__version__, 'mmengine', mmengine.__version__, 'mmseg', mmseg.__version__)
 "
-check pretrain 100 "$PYTHON" benchmarks/pretrain_throughput.py "${PRETRAIN[@]}"
+check pretrain 130 "$PYTHON" benchmarks/pretrain_throughput.py "${PRETRAIN[@]}"
 check pretrain_compiled 110 "$PYTHON" benchmarks/pretrain_throughput.py "${PRETRAIN_COMPILED[@]}"
 check finetune 80 "$PYTHON" benchmarks/finetune_throughput.py "${FINETUNE[@]}"
 check det 80 "$PYTHON" benchmarks/det_throughput.py "${DET[@]}"
 check seg 70 "$PYTHON" benchmarks/seg_throughput.py "${SEG[@]}"
 
 work=$(mktemp -d)
-check gpu_path 70 bash -c '
+check data_rate 90 "$PYTHON" -m benchmarks.data_scale --part rate --rate-root "$work/rate" "${DATA_RATE[@]}"
+check gpu_path 240 bash -c '
     set -e
     "$0" -m benchmarks.cli data synth --out "$1/synth" --images 80 --size 64 --seed 0
     "$0" -m torch.distributed.run --standalone --nproc_per_node 1 -m benchmarks.cli pretrain droppos_tiny_synth \

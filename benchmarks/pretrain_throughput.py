@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from backbone import build_vit
-from benchmarks.timing import Step, best_rates, hardware, peak_flops, step_flops, step_parser
-from pretrain import DropPos, position_loss, position_smoothing
+from benchmarks.timing import Step, best_rates, hardware, peak_flops, report_host_syncs, step_flops, step_parser
+from pretrain import MAE, DropPos, position_loss, position_smoothing
 
 SIGMA = 1.0  # the paper's sigma0; the table's values do not change the cost
 
@@ -74,6 +75,15 @@ def our_step(model: DropPos, optimizer: torch.optim.Optimizer, images: torch.Ten
     optimizer.zero_grad(set_to_none=True)
 
 
+def mae_step(model: MAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, amp: bool) -> None:
+    """One MAE training step as our pre-training runs it (the baseline DropPos is compared with)."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = model(images)["loss"]
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def check_reference(model: DropPos, images: torch.Tensor, smoothing: torch.Tensor) -> None:
     """Both losses and accuracies on identical masks in fp32 must agree, or the comparison is not honest."""
     ours = model(images, smoothing, torch.Generator(images.device).manual_seed(0))
@@ -86,6 +96,7 @@ def check_reference(model: DropPos, images: torch.Tensor, smoothing: torch.Tenso
 def parse_args() -> argparse.Namespace:
     parser = step_parser(__doc__, default_batch=64, default_steps=5)
     parser.add_argument("--tau", type=float, default=0.1, help="attentive reconstruction temperature; inf: off")
+    parser.add_argument("--mae", action="store_true", help="also time MAE's step (ours) at each batch")
     parser.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s for the MFU (default: table)")
     return parser.parse_args()
 
@@ -130,8 +141,33 @@ def main() -> None:
         if peak:
             line += "".join(f" {flops_per_image * rates[n] / peak:8.1%}" for n in ("ours", "reference"))
         print(line, flush=True)
+    if args.sync_check:
+        report_host_syncs("our DropPos step", steps["ours"], device)
+    if args.mae:
+        time_mae(args, device, amp, peak)
     if device.type == "cpu":
         print("  (on cpu the counter misses scaled_dot_product_attention; GFLOP/img counts the linear layers)")
+
+
+def time_mae(args: argparse.Namespace, device: torch.device, amp: bool, peak: float | None) -> None:
+    """MAE's step (same encoder, its 8-block pixel decoder) at each batch: images/s and MFU."""
+    torch.manual_seed(0)
+    depth = {} if args.depth is None else {"depth": args.depth}
+    model = build_vit(args.size, model_class=MAE, img_size=args.img_size, **depth).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    images = torch.randn(min(args.batch), 3, args.img_size, args.img_size, device=device)
+    flops_per_image = step_flops(lambda: mae_step(model, optimizer, images, amp)) / images.shape[0]
+    if args.compile:
+        model.compile(dynamic=False)
+    print(f"  MAE step, same encoder: {'batch':>5} {'img/s':>8} {'GFLOP/img':>10}" + (f" {'MFU':>6}" if peak else ""))
+    for batch in args.batch:
+        images = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
+        step = partial(mae_step, model, optimizer, images, amp)
+        rate = best_rates({"mae": step}, batch, args.rounds, args.steps, device)["mae"]
+        line = f"  {'':22}{batch:>5} {rate:8.1f} {flops_per_image / 1e9:10.2f}"
+        print(line + (f" {flops_per_image * rate / peak:6.1%}" if peak else ""), flush=True)
+    if args.sync_check:
+        report_host_syncs("our MAE step", step, device)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from mmengine.dataset import pseudo_collate
 
 from backbone import VIT_SIZES, adamw_layer_decay
 from benchmarks.synthetic import synthesize
-from benchmarks.timing import best_rates, hardware, step_parser
+from benchmarks.timing import best_rates, hardware, report_host_syncs, step_parser
 from engine import DeviceOptimWrapper, load_config
 from seg.data import build_seg_dataset
 from seg.model import SegEncoderDecoder, build_mmseg_model, upernet_config
@@ -120,6 +120,8 @@ def main() -> None:
                 peak = torch.cuda.max_memory_allocated(device) / 1e9
                 memory = f", {peak:.2f} GB peak = {peak / MMSEG_TRAIN_MEMORY_GB:.2f} x mmseg's 9.96 GB"
             print(f"  batch {batch}: train {train / batch:.2f} it/s ({train:.2f} images/s{memory})", flush=True)
+            if args.sync_check:
+                report_host_syncs("the segmentation training step", step, device)
     model.eval()
     predict = partial(model.val_step, {"inputs": [image]})
     with torch.inference_mode():

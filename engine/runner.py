@@ -92,6 +92,11 @@ class TrainRunner(Runner):
         rank 3's file (mmengine keeps only rank 0's by default)."""
         return super().build_logger(log_level, log_file, distributed=True, **kwargs)
 
+    def _maybe_compile(self, target: str) -> None:
+        """Compile nothing: each task compiles its own network when its config says `compile=True`. mmengine reads
+        the same key and would also compile the whole train_step, whose optimizer-wrapper counters change every
+        step: on an H200 dynamo recompiled it each step until its recompile limit, then ran it uncompiled."""
+
     @master_only
     def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
         """Write to a temporary file and rename it, so an interrupted save never leaves a broken checkpoint."""

@@ -9,8 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = {  # check name: a line its log must hold
-    "env": "torch", "pretrain": "ours/ref", "pretrain_compiled": "ours/ref", "finetune": "loader alone",
-    "det": "mask pasting", "seg": "sliding-window inference", "gpu_path": "metrics:",
+    "env": "torch", "pretrain": "host syncs in our MAE step", "pretrain_compiled": "ours/ref",
+    "finetune": "loader alone", "det": "host syncs in the detection training step",
+    "seg": "sliding-window inference", "data_rate": "pre-training / reference", "gpu_path": "metrics:",
 }
 
 
