@@ -4,12 +4,13 @@ import pytest
 import torch
 from mmengine.optim import OptimWrapper
 from mmengine.structures import PixelData
+from mmseg.models import SegDataPreProcessor
 from mmseg.models.losses import accuracy
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.structures import SegDataSample
 
 from engine import load_config
-from seg.model import pixel_accuracy
+from seg.model import pixel_accuracy, upernet_config
 from seg.train import CONFIGS_DIR, build_segmentor
 
 IGNORE = 255
@@ -84,3 +85,31 @@ def test_batches_are_copied_to_the_device_without_blocking(model, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "to", record)
     model.data_preprocessor(batch(), training=True)
     assert len(copies) >= 4 and all(copies), copies  # two images, two label maps
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_preprocessing_equals_mmsegs_with_the_channel_swap(model, training):
+    """The channels are swapped by flip instead of mmseg's index list; the images and labels are mmseg's."""
+    config = dict(upernet_config(10, 64, {}, 192).data_preprocessor)
+    assert config.pop("type") == "NonBlockingSegDataPreProcessor" and config["bgr_to_rgb"]
+    ours = model.data_preprocessor(batch(), training=training)
+    reference = SegDataPreProcessor(**config)(batch(), training=training)
+    for mine, theirs in zip(ours["inputs"], reference["inputs"], strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    for mine, theirs in zip(ours["data_samples"], reference["data_samples"], strict=True):
+        assert torch.equal(mine.gt_sem_seg.data, theirs.gt_sem_seg.data)
+
+
+def test_preprocessing_indexes_no_image_with_a_list(model, monkeypatch):
+    """A CPU-checkable proxy for the host sync mmseg's channel swap costs on a GPU: a list index is a tensor that is
+    copied to the device, and the copy waits."""
+    list_indexed = []
+    getitem = torch.Tensor.__getitem__
+
+    def record(tensor, index):
+        list_indexed.append(isinstance(index, tuple) and any(isinstance(part, list) for part in index))
+        return getitem(tensor, index)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", record)
+    model.data_preprocessor(batch(), training=True)
+    assert not any(list_indexed)
