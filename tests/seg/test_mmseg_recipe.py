@@ -63,8 +63,9 @@ def test_our_vit_b_upernet_is_mmseg_mae_upernet(mmseg_mae):
     ours_pre, theirs_pre = model.data_preprocessor, reference.data_preprocessor
     for name in ("mean", "std"):
         assert getattr(ours_pre, name).tolist() == getattr(theirs_pre, name).tolist(), name
-    for name in ("size", "pad_val", "seg_pad_val", "channel_conversion"):
+    for name in ("size", "pad_val", "seg_pad_val"):
         assert getattr(ours_pre, name) == getattr(theirs_pre, name), name
+    assert ours_pre.swap_channels == theirs_pre.channel_conversion is True  # ours swaps in forward, by flip
 
 
 @pytest.mark.parametrize("name", PAPER_RECIPES)
