@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -13,6 +15,7 @@ from mmengine.config import DictAction
 
 from backbone import FORMATS, LAYOUTS, export_checkpoint, load_model
 from engine.errors import UserInputError
+from engine.safe_io import NO_SPACE
 
 from .demo import DEMO_DEFAULTS, run_demo
 
@@ -171,13 +174,11 @@ def add_config_command(sub: argparse._SubParsersAction, name: str, func, help_te
 
 
 def add_demo_command(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run the pipeline end to end on built-in synthetic data")
+    demo = sub.add_parser("demo", help="pre-train a tiny DropPos on built-in colour ramps and show what it learnt")
     demo.add_argument("--out", type=Path, default=Path(DEMO_DEFAULTS["out"]), help="output folder")
-    demo.add_argument("--images", type=int, default=DEMO_DEFAULTS["images"], help="number of synthetic scenes")
-    demo.add_argument("--size", type=int, default=DEMO_DEFAULTS["size"], help="image side in pixels")
     demo.add_argument("--seed", type=int, default=DEMO_DEFAULTS["seed"])
-    demo.add_argument("--quick", action="store_true", help="a step or two of every benchmark (CI)")
-    demo.set_defaults(func=lambda a: run_demo(a.out, a.images, a.size, a.seed, a.quick))
+    demo.add_argument("--quick", action="store_true", help="a step or two of each stage: checks the pipeline (CI)")
+    demo.set_defaults(func=lambda a: run_demo(a.out, a.seed, a.quick))
 
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
@@ -311,10 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def background_write_errors(args: threading.ExceptHookArgs) -> None:
+    """A background writer (TensorBoard's event thread) stopped by a full or read-only disk: one warning line; the
+    training thread then stops with the error on its own next write."""
+    error = args.exc_value
+    if isinstance(error, OSError) and error.errno in (*NO_SPACE, errno.EROFS):
+        print(f"droppos-bench: warning: {args.thread.name if args.thread else 'a thread'} stopped writing "
+              f"{error.filename or 'its file'}: {error.strerror}", file=sys.stderr)
+        return
+    threading.__excepthook__(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one subcommand; a user's mistake prints one line naming the file, key or value and
     exits 2, anything else (a bug) propagates with its traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per record
+    threading.excepthook = background_write_errors
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,115 +1,123 @@
-"""`droppos-bench demo`: the whole pipeline on built-in synthetic data.
+"""`droppos-bench demo`: what DropPos does, shown with tiny ViTs on a CPU in about two minutes.
 
-It synthesises scenes, reads them back with the reference readers of their formats (torchvision's ImageFolder,
-pycocotools, PIL), smoke-checks the backbone (features, feature maps, checkpoint export and re-import), pre-trains
-a tiny DropPos and a tiny MAE on the mmengine Runner, and runs the demo suite (benchmarks/suites/demo.yaml): both
-and a random init through fine-tuning, the probes, position accuracy, detection and segmentation, then writes the
-report.
+The images are colour ramps (benchmarks/synthetic/ramps.py): 64 px, a 4 x 4 grid of 16 px patches, red growing by
+column and green by row from a random per-image origin, so a patch's colour gives its position only relative to the
+other patches. The demo
+1. pre-trains a tiny DropPos (`droppos_tiny_ramps`) on unlabelled ramps of one direction;
+2. measures its position accuracy on held-out ramps with many anchors (gamma_pos 0.25) and almost none (0.95): it
+   places the dropped patches by relating them to the patches whose positions it was given (paper Sec. 3.2);
+3. runs the harness's `demo` suite: that encoder and a random init fine-tuned with the same recipe
+   (`finetune_tiny_ramps`) to tell the ramps' direction (4 classes) from 16 labelled images per class.
+Every number is printed beside its chance level. Each stage's log is in its folder under `--out`; the terminal gets
+a line per stage. The models are far too small for the paper's tables, and the report says so.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
+import shutil
+import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
-from pycocotools.coco import COCO
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from backbone import build_vit, export_checkpoint, load_model
 from engine.safe_io import write_json_atomic
 
-from .harness.report import render_markdown
+from .harness.job_lock import LOG_FILE
+from .harness.process import run_logged
 from .harness.run import JobsFailedError, report_suite, run_suite, suite_results
 from .harness.suite import Suite, load_suite, resolve_suite
-from .synthetic import synthesize
+from .synthetic.ramps import DIRECTIONS, write_direction_task, write_unlabelled_ramps
 
-DEMO_DEFAULTS: dict[str, Any] = dict(out="work_dirs/demo", images=64, size=224, seed=0)
-PRETRAIN_EPOCHS = 4
-# --quick (CI): a step or two of every benchmark, small batches for a handful of scenes
-QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
-    **{name: {"schedule.epochs": 1, "schedule.warmup_epochs": 0, "batch_size": 2, "effective_batch": 2}
-       for name in ("cls.finetune", "cls.linprobe", "cls.posprobe", "cls.posprobe_finetuned")},
-    "det": {"schedule.iterations": 2, "schedule.warmup_iters": 1, "schedule.steps": [1], "batch_size": 2,
-            "effective_batch": 2},
-    "seg": {"schedule.iterations": 2, "schedule.warmup_iters": 1, "batch_size": 2, "effective_batch": 2},
-}
+DEMO_DEFAULTS: dict[str, Any] = dict(out="work_dirs/demo", seed=0)
+# images: unlabelled for pre-training, held out for position accuracy, labelled and validation per class
+FULL = dict(unlabelled=1600, held_out=128, per_class=16, val_per_class=32)
+QUICK = dict(unlabelled=64, held_out=16, per_class=4, val_per_class=4)  # --quick (CI): too little to learn from
+POSITIONS = 16  # the 4 x 4 patch grid: position chance 1/16
+QUICK_OVERRIDES: dict[str, dict[str, Any]] = {"cls.finetune": {"schedule.epochs": 1, "batch_size": 8,
+                                                               "effective_batch": 8}}
 log = logging.getLogger("droppos_bench.demo")
 
 
-def check_layouts(data: Path) -> dict[str, int]:
-    """Read every layout back with the reference readers of its format (torchvision's ImageFolder, pycocotools with
-    every instance mask decoded, PIL's mode of each ADE20K label), not our task loaders, which the suite's jobs use
-    later; returns item counts."""
-    counts = {}
-    for split in ("train", "val"):
-        counts[f"imagenet_{split}"] = len(datasets.ImageFolder(data / "imagenet" / split, allow_empty=True))
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-            coco = COCO(str(data / "coco" / "annotations" / f"instances_{split}2017.json"))
-        masks = [coco.annToMask(ann) for ann in coco.loadAnns(coco.getAnnIds())]
-        if any(m.sum() == 0 for m in masks):
-            raise RuntimeError(f"an empty instance mask in COCO {split}")
-        counts[f"coco_{split}_instances"] = len(masks)
-    labels = sorted((data / "ade" / "ADEChallengeData2016" / "annotations").rglob("*.png"))
-    if any(Image.open(p).mode != "L" for p in labels):
-        raise RuntimeError("ADE20K labels must be single-channel")
-    counts["ade_labels"] = len(labels)
-    return counts
-
-
-def smoke_check_backbone(data: Path, size: int, out: Path) -> dict[str, Any]:
-    """ViT-Tiny forward on real batches, then export and re-import: outputs must be identical."""
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN,
-                                                                                IMAGENET_DEFAULT_STD)])
-    train = datasets.ImageFolder(data / "imagenet" / "train", transform, allow_empty=True)
-    loader = DataLoader(train, batch_size=16)
-    images, _ = next(iter(loader))
-    torch.manual_seed(0)
-    model = build_vit("tiny", img_size=size).eval()
-    with torch.inference_mode():
-        start = time.perf_counter()
-        features = model.forward_features(images)
-        seconds = time.perf_counter() - start
-        maps = model.forward_feature_maps(images, [3, 5, 7, 11])
-    path = export_checkpoint(model, out / "vit_tiny_random_init.safetensors", meta={"note": "demo, random init"})
-    reloaded, report = load_model(path)
-    with torch.inference_mode():
-        same = torch.equal(reloaded.eval().forward_features(images), features)
-    if not same or report.missing or report.unexpected:
-        raise RuntimeError(f"checkpoint round trip changed the model:\n{report}")
-    for layout, name in (("detectron2", "vit_tiny_vitdet_d2.pth"), ("mmseg", "vit_tiny_mmseg.pth")):
-        export_checkpoint(model, out / name, layout)
-    return dict(batch=len(images), feature_shape=list(features.shape), feature_maps=[list(m.shape) for m in maps],
-                images_per_s=round(len(images) / seconds, 1), checkpoint=str(path))
-
-
-def pretrain_tiny(config: str, name: str, data: Path, size: int, out: Path, train_images: int) -> Path:
-    """A few epochs of a tiny pre-training recipe on the demo scenes; its last checkpoint (decoder included, for
-    position accuracy) is linked as out/<name>.pth, where the demo suite looks for it."""
-    from pretrain.train import run_pretrain
-
-    batch = min(16, train_images)
-    work_dir = out / f"pretrain_{name}"
-    run_pretrain(config, {"data.root": str(data), "work_dir": str(work_dir), "model.img_size": size,
-                          "batch_size": batch, "effective_batch": batch, "schedule.epochs": PRETRAIN_EPOCHS,
-                          "log_interval": 3})
-    link = out / f"{name}.pth"
+def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict[str, Any]:
+    """Every stage; writes `demo_summary.json` and the report, prints a line per stage and the results table."""
+    out = Path(out)
+    start = time.perf_counter()
+    sizes = QUICK if quick else FULL
+    print(f"droppos-bench demo: tiny ViTs on 64 px colour ramps{' (--quick: too short to learn anything)' * quick}; "
+          f"stage logs under {out}", flush=True)
+    data = write_data(out / "data", sizes, seed)
+    checkpoint = pretrain(out / "pretrain", data / "ramps", seed, quick)
+    anchors = anchor_accuracy(checkpoint, data / "ramps")
+    print(f"position accuracy on {sizes['held_out']} held-out ramps: {anchors['many']:.1f}% with many anchors, "
+          f"{anchors['none']:.1f}% with almost none (chance {100 / POSITIONS:.2f}%)", flush=True)
+    link = out / "droppos_encoder.safetensors"
     link.unlink(missing_ok=True)
-    link.symlink_to((work_dir / f"epoch_{PRETRAIN_EPOCHS}.pth").resolve())
-    return link
+    link.symlink_to((checkpoint.parent / "encoder.safetensors").resolve())
+    suite = demo_suite(out, quick)
+    jobs = run_suite(suite)
+    report = report_suite(suite, out / "report")
+    results = {result.label: result.metrics for result in suite_results(suite)}
+    summary = dict(data=str(data), sizes=sizes, checkpoint=str(checkpoint), anchors=anchors, jobs=jobs, results=results,
+                   report=str(report), seconds=round(time.perf_counter() - start, 1))
+    write_json_atomic(out / "demo_summary.json", summary)
+    print_results(summary)
+    print(f"report: {report}; summary: {out / 'demo_summary.json'}; {summary['seconds']:.0f} s")
+    failed = sorted(job for job, state in jobs.items() if state == "failed")
+    if failed:
+        raise JobsFailedError(f"demo jobs failed: {', '.join(failed)}; logs in {suite.work_dir}/<job>/{LOG_FILE}")
+    return summary
+
+
+def write_data(data: Path, sizes: dict[str, int], seed: int) -> Path:
+    """Unlabelled ramps of one direction (data/ramps) and the direction task (data/ramp_directions), written anew."""
+    for name in ("ramps", "ramp_directions"):
+        shutil.rmtree(data / name, ignore_errors=True)
+    write_unlabelled_ramps(data / "ramps", sizes["unlabelled"], sizes["held_out"], seed)
+    write_direction_task(data / "ramp_directions", sizes["per_class"], sizes["val_per_class"], seed)
+    print(f"data: {sizes['unlabelled']} unlabelled ramps, {sizes['held_out']} held out; {len(DIRECTIONS)} directions "
+          f"x {sizes['per_class']} labelled (+{sizes['val_per_class']} val) in {data}", flush=True)
+    return data
+
+
+def pretrain(work_dir: Path, data: Path, seed: int, quick: bool) -> Path:
+    """`droppos_tiny_ramps` in its own process, its output in work_dir/job.log; the last epoch's checkpoint."""
+    epochs = 1 if quick else None
+    overrides = {"data.root": data, "work_dir": work_dir, "seed": seed}
+    if epochs:
+        overrides |= {"schedule.epochs": epochs, "schedule.warmup_epochs": 0, "checkpoint.interval": epochs,
+                      "batch_size": 16, "effective_batch": 16}
+    work_dir.mkdir(parents=True, exist_ok=True)
+    print(f"pre-training a tiny DropPos (droppos_tiny_ramps): log in {work_dir / LOG_FILE}", flush=True)
+    command = [sys.executable, "-m", "benchmarks.cli", "pretrain", "droppos_tiny_ramps",
+               *(f"{key}={value}" for key, value in overrides.items())]
+    if run_logged(command, work_dir) != 0:
+        raise JobsFailedError(f"the demo's pre-training failed; its log: {work_dir / LOG_FILE}")
+    return max(work_dir.glob("epoch_*.pth"), key=lambda path: int(path.stem.split("_")[1]))
+
+
+def anchor_accuracy(checkpoint: Path, data: Path) -> dict[str, Any]:
+    """Position accuracy (%) of the dropped patches of the held-out ramps, mean over the masking ratios, with many
+    anchors (gamma_pos 0.25) and almost none (0.95); the images as they are, so patches stay on the ramp cells."""
+    from pretrain.build import load_droppos
+    from pretrain.position_accuracy import POS_MASK_RATIOS, position_accuracy_grid
+
+    model = load_droppos(checkpoint)
+    exact = transforms.Compose([transforms.ToTensor(),
+                                transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    batches = torch.utils.data.DataLoader(datasets.ImageFolder(data / "val", exact), batch_size=64)
+    grid = position_accuracy_grid(model, batches)
+    columns = {ratio: grid[:, i].nanmean().item() for i, ratio in enumerate(POS_MASK_RATIOS)}
+    return dict(many=columns[0.25], none=columns[0.95], grid=grid.tolist())
 
 
 def demo_suite(out: Path, quick: bool) -> Suite:
-    """The shipped demo suite with its paths in `out`; `quick` shortens every schedule to a few steps (CI)."""
+    """The shipped demo suite with its paths in `out`; `quick` shortens the fine-tuning to an epoch (CI)."""
     os.environ["DROPPOS_DEMO"] = str(out.resolve())
     suite = load_suite(resolve_suite("demo"))
     if not quick:
@@ -119,45 +127,17 @@ def demo_suite(out: Path, quick: bool) -> Suite:
     return replace(suite, benchmarks=benchmarks)
 
 
-def run_demo(out: Path, images: int, size: int, seed: int, quick: bool = False) -> dict[str, Any]:
-    """Run every stage, write `demo_summary.json` and the report; print the report's tables."""
-    out = Path(out)
-    start = time.perf_counter()
-    data = out / "data"
-    log.info("synthesising %d scenes at %dpx into %s", images, size, data)
-    synthesize(data, num_images=images, size=size, seed=seed, overwrite=True)
-    summary: dict[str, Any] = {"data": str(data), "layouts": check_layouts(data)}
-    log.info("layouts read back: %s", summary["layouts"])
-    summary["backbone"] = smoke_check_backbone(data, size, out)
-    train_images = summary["layouts"]["imagenet_train"]
-    summary["pretrain"] = {name: str(pretrain_tiny(config, name, data, size, out, train_images))
-                           for name, config in (("droppos", "droppos_tiny_synth"), ("mae", "mae_tiny_synth"))}
-    suite = demo_suite(out, quick)
-    summary["jobs"] = run_suite(suite)
-    summary["report"] = str(report_suite(suite, out / "report"))
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    write_json_atomic(out / "demo_summary.json", summary)
-    print_summary(summary, out)
-    print(render_markdown(suite_results(suite), title="droppos-bench demo", synthetic=True))
-    failed = sorted(job for job, state in summary["jobs"].items() if state == "failed")
-    if failed:
-        raise JobsFailedError(f"demo jobs failed: {', '.join(failed)}; logs in {suite.work_dir}/<job>/job.log")
-    return summary
-
-
-def print_summary(summary: dict[str, Any], out: Path) -> None:
-    backbone = summary["backbone"]
-    rows = [(k, v) for k, v in summary["layouts"].items()] + [
-        ("ViT-Tiny features", backbone["feature_shape"]),
-        ("feature maps (blocks 3,5,7,11)", backbone["feature_maps"][0]),
-        ("forward images/s (CPU)", backbone["images_per_s"]), ("checkpoint round trip", "identical"),
-        ("pre-trained DropPos / MAE", f"{summary['pretrain']['droppos']}, {summary['pretrain']['mae']}"),
-        ("benchmark jobs", ", ".join(f"{n} {state}" for state, n in
-                                     sorted(Counter(summary["jobs"].values()).items()))),
-        ("report", summary["report"]),
-        ("total seconds", summary["seconds"])]
-    width = max(len(k) for k, _ in rows)
-    print("\ndroppos-bench demo (synthetic scenes, tiny ViTs, a few iterations: a smoke check, not a benchmark)")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value}")
-    print(f"summary: {out / 'demo_summary.json'}")
+def print_results(summary: dict[str, Any]) -> None:
+    """The demo's numbers beside chance, one line each."""
+    anchors, results = summary["anchors"], summary["results"]
+    chance_direction = 100 / len(DIRECTIONS)
+    rows = [("position accuracy, many anchors (gamma_pos 0.25)", anchors["many"], None, 100 / POSITIONS),
+            ("position accuracy, almost none (gamma_pos 0.95)", anchors["none"], None, 100 / POSITIONS)]
+    rows += [(f"direction top-1 after fine-tuning on {summary['sizes']['per_class']} labels per class",
+              results.get("DropPos (tiny)", {}).get("ft_top1"), results.get("random init", {}).get("ft_top1"),
+              chance_direction)]
+    print(f"{'':58} {'DropPos':>8} {'random':>8} {'chance':>8}")
+    for name, droppos, random, chance in rows:
+        cells = [f"{value:8.1f}" if value is not None else f"{'-':>8}" for value in (droppos, random)]
+        cells.append(f"{chance:8.2f}")
+        print(f"{name:58} {' '.join(cells)}")

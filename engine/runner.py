@@ -35,7 +35,7 @@ from .hooks import (
 )
 from .loops import EpochStepLoop, StreamIterLoop
 from .optim import DeviceOptimWrapper
-from .safe_io import atomic_path, check_output_dir, remove_stale_temporaries
+from .safe_io import atomic_path, check_output_dir, full_or_read_only_under, remove_stale_temporaries
 from .seeding import torch_seeds_workers
 from .stream import StreamSampler
 
@@ -346,7 +346,8 @@ def trained_runner(build_runner: Callable[[Config], Runner], configs_dir: Path, 
     cfg = load_config(config, overrides, configs_dir=configs_dir)
     check_gpu(cfg)
     runner = build_runner(cfg)
-    runner.train()
+    with full_or_read_only_under(Path(runner.work_dir)):
+        runner.train()
     return runner
 
 

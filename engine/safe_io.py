@@ -72,6 +72,18 @@ def user_write_errors(path: Path) -> Iterator[None]:
 
 
 @contextmanager
+def full_or_read_only_under(folder: Path) -> Iterator[None]:
+    """For writes into `folder` by code that is not ours (mmengine's logs, scalars.json and last_checkpoint): a full
+    or read-only file system is named in one line, by the file where the error names one, else by `folder`."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (*NO_SPACE, errno.EROFS):
+            raise
+        raise write_error(err, Path(err.filename) if err.filename else folder / "its logs") from err
+
+
+@contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block finishes without error.
 

@@ -149,4 +149,4 @@ def suite_results(suite: Suite) -> list[Result]:
 
 def report_suite(suite: Suite, out_dir: Path) -> Path:
     """Write the suite's report (Markdown, CSV, LaTeX, plots, one HTML page); returns the HTML path."""
-    return write_report(suite_results(suite), out_dir, synthetic=suite.synthetic)
+    return write_report(suite_results(suite), out_dir, synthetic=suite.synthetic, chance=suite.chance)

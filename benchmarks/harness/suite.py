@@ -11,6 +11,7 @@ A suite is YAML:
     benchmarks:
       - {name: det, config: mask_rcnn_vit_base_1x}
       - {name: seg, config: upernet_vit_base_80k, overrides: {schedule.iterations: 80000}}
+    chance: {ft_top1: 0.1, position: 0.51}   # optional: chance level (percent) per report metric
 
 Paths (checkpoints, data roots, work_dir) may use environment variables ($DATA/imagenet). Every mistake (an
 unknown key, a missing checkpoint file, an unknown benchmark) is reported with the suite file's line, before
@@ -42,10 +43,12 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str, dict[str, tuple[str, float]]]]
     "seg": (("seg", "train"), "ade", {"mIoU": ("mIoU", 1.0), "aAcc": ("aAcc", 1.0)}),
     "posacc": (("posacc",), "imagenet", {"average": ("position", 1.0)}),
 }
+# the metric keys of a report (BENCHMARKS' report keys), in benchmark order
+REPORT_METRICS = tuple(dict.fromkeys(key for _, _, keys in BENCHMARKS.values() for key, _ in keys.values()))
 DATA_KINDS = ("imagenet", "coco", "ade")
 # benchmark -> the benchmark of the same checkpoint whose trained model it reads (Tab. 7 probes the fine-tuned model)
 PREREQUISITES = {"cls.posprobe_finetuned": "cls.finetune"}
-SUITE_KEYS = {"name", "work_dir", "backend", "data", "checkpoints", "benchmarks", "synthetic"}
+SUITE_KEYS = {"name", "work_dir", "backend", "data", "checkpoints", "benchmarks", "synthetic", "chance"}
 # backend type -> the keys it takes
 BACKEND_KEYS = {
     "local": {"type"},
@@ -98,6 +101,7 @@ class Suite:
     checkpoints: tuple[CheckpointEntry, ...]
     benchmarks: tuple[Benchmark, ...]
     synthetic: bool = False
+    chance: dict[str, float] = field(default_factory=dict)  # report metric -> chance level, percent
 
 
 @dataclass(frozen=True)
@@ -214,8 +218,20 @@ def load_suite(path: str | Path) -> Suite:
     if "work_dir" in top:
         work_dir = Path(os.path.expandvars(doc.text(top["work_dir"][1], "work_dir")))
     synthetic = bool(doc.value(top["synthetic"][1])) if "synthetic" in top else False
+    chance = _chance(doc, top["chance"][1]) if "chance" in top else {}
     return Suite(path, name, work_dir, backend, {k: os.path.expandvars(str(v)) for k, v in data.items()},
-                 checkpoints, benchmarks, synthetic)
+                 checkpoints, benchmarks, synthetic, chance)
+
+
+def _chance(doc: _Located, node: yaml.Node) -> dict[str, float]:
+    """Chance levels by report metric, in percent: beside them a tiny model's numbers read for what they are."""
+    levels = {}
+    for key, (_, value_node) in doc.mapping(node, set(REPORT_METRICS), "chance (report metric: percent)").items():
+        value = doc.value(value_node)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise doc.error(value_node, f"chance.{key} must be a percent from 0 to 100, not {value!r}")
+        levels[key] = float(value)
+    return levels
 
 
 def _backend(doc: _Located, node: yaml.Node) -> dict[str, Any]:

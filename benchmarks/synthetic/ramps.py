@@ -31,3 +31,23 @@ def write_ramp_images(folder: Path, count: int, rng: np.random.Generator, size: 
         cells[..., 2] = rng.uniform(0.1, 0.9)
         pixels = cells.repeat(cell, 0).repeat(cell, 1) + rng.normal(0, noise, (size, size, 3))
         Image.fromarray((pixels.clip(0, 1) * 255).round().astype(np.uint8)).save(folder / f"{i:05d}.png")
+
+
+# the direction task's classes: (flip_lr, flip_ud) of each class's ramps
+DIRECTIONS = {"as_is": (False, False), "flip_lr": (True, False), "flip_ud": (False, True), "flip_both": (True, True)}
+
+
+def write_unlabelled_ramps(root: Path, train: int, val: int, seed: int) -> None:
+    """Ramps of one direction (red grows rightwards, green downwards), in the ImageNet layout of one class
+    ("ramps"): what droppos_tiny_ramps pre-trains on and position accuracy is measured on."""
+    for split, count, offset in (("train", train, 0), ("val", val, 1000)):
+        write_ramp_images(root / split / "ramps", count, np.random.default_rng(seed + offset))
+
+
+def write_direction_task(root: Path, per_class: int, val_per_class: int, seed: int) -> None:
+    """The ramps' direction as 4 classes (DIRECTIONS) in the ImageNet layout: per_class labelled training images
+    and val_per_class validation images per class."""
+    for split, count, offset in (("train", per_class, 1000), ("val", val_per_class, 2000)):
+        rng = np.random.default_rng(seed + offset)
+        for name, (flip_lr, flip_ud) in DIRECTIONS.items():
+            write_ramp_images(root / split / name, count, rng, flip_lr=flip_lr, flip_ud=flip_ud)

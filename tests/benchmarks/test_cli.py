@@ -88,17 +88,17 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and "convert" in result.stdout and "demo" in result.stdout
 
 
-def test_the_quick_demo_runs_every_benchmark_and_writes_the_report(tmp_path, capsys):
-    """The demo suite in its reduced form (a step or two per benchmark): 2-3 minutes on 2 cores."""
-    assert main(["demo", "--out", str(tmp_path), "--images", "16", "--size", "64", "--quick"]) == 0
+def test_the_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
+    """The demo in its reduced form (an epoch of each training on a few ramps): the pipeline, not the effect, which
+    tests/pretrain/test_anchors.py and tests/cls/test_pretraining_helps.py check with the same configs."""
+    assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
-    layouts = summary["layouts"]
-    assert layouts["imagenet_train"] + layouts["imagenet_val"] == 16 and layouts["ade_labels"] == 16
-    assert summary["backbone"]["feature_maps"][0] == [min(16, layouts["imagenet_train"]), 192, 4, 4]
-    assert (tmp_path / "vit_tiny_vitdet_d2.pth").is_file() and (tmp_path / "vit_tiny_mmseg.pth").is_file()
-    assert set(summary["jobs"].values()) == {"done"} and len(summary["jobs"]) == 7 + 6 + 5
+    assert set(summary["jobs"].values()) == {"done"} and len(summary["jobs"]) == 2
+    assert set(summary["results"]) == {"DropPos (tiny)", "random init"}
+    assert all(0 <= metrics["ft_top1"] <= 100 for metrics in summary["results"].values())
+    assert 0 <= summary["anchors"]["many"] <= 100 and len(summary["anchors"]["grid"]) == 4
     assert summary["report"] == str(tmp_path / "report" / "report.html")
     assert (tmp_path / "report" / "report.md").is_file()
     out = capsys.readouterr().out
-    assert "checkpoint round trip" in out and "## Table 6" in out and "| random init |" in out
-    assert "say nothing about DropPos" in out
+    assert len(out.splitlines()) < 40, out
+    assert "chance" in out and "Table 6" not in out

@@ -74,10 +74,12 @@ def test_a_failing_job_is_recorded_and_the_others_run_once(fake_suite, capsys):
 
     assert main(["bench", "status", str(suite_path)]) == 0
     assert "failed" in capsys.readouterr().out
+    suite_path.write_text(suite_path.read_text() + "chance: {mIoU: 0.66}\n")
     assert main(["bench", "report", str(suite_path), "--out", str(suite_path.parent / "report")]) == 0
     markdown = (suite_path.parent / "report" / "report.md").read_text()
-    assert "| DropPos 200ep (DropPos 200) | - (42.14) |" not in markdown  # mIoU is measured, not missing
-    assert "41.50 (40.70, +0.80)" in markdown and "MAE 200ep" in markdown
+    assert "| DropPos 200ep | 41.50 | 80.25 |" in markdown and "| MAE 200ep | 41.50 | 80.25 |" in markdown
+    assert "| chance level | 0.66 | - |" in markdown
+    assert "(40.70" not in markdown  # a synthetic suite: no paper numbers beside tiny models
     assert (suite_path.parent / "report" / "report.html").is_file()
 
 
@@ -121,4 +123,4 @@ def test_a_real_segmentation_job_goes_from_suite_to_report(tmp_path):
     assert [step for step, _ in result.curves["seg"]] == [2]  # the tiny config logs at the last iteration
     assert main(["bench", "report", str(suite_path)]) == 0
     assert "random init" in (suite.work_dir / "report" / "report.md").read_text()
-    assert (suite.work_dir / "report" / "plots" / "loss_seg.png").is_file()
+    assert (suite.work_dir / "report" / "plots" / "synthetic" / "loss_seg.png").is_file()

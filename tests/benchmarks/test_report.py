@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from benchmarks.harness.reference import TABLES, reference_value
 from benchmarks.harness.report import (
@@ -120,11 +121,9 @@ def results() -> list[Result]:
 
 
 LEGEND = "Cells: ours (paper, ours - paper); '- (paper)' where we have no value; '-' where neither has one."
-EXPECTED_MARKDOWN = "\n".join([
+CHANCE = {"ft_top1": 0.1, "position": 0.51}
+EXPECTED_MARKDOWN = "\n".join([  # with CHANCE
     "# droppos-bench report",
-    "",
-    "> Note: these numbers come from tiny models and/or synthetic data. They show that the pipeline runs end to end "
-    "and say nothing about DropPos.",
     "",
     "## Table 1: patch mask ratio gamma (ViT-B, 200 ep)",
     "",
@@ -132,6 +131,7 @@ EXPECTED_MARKDOWN = "\n".join([
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     "| gamma 0.75 (0.75) | 82.90 (82.96, -0.06) | 88.00 (87.83, +0.17) | - (42.14) | - (61.99) | - (46.38) "
     "| - (37.93) | - (59.23) | - (40.76) | - (40.68) | - (80.14) |",
+    "| chance level | 0.10 | 0.51 | - | - | - | - | - | - | - | - |",
     "",
     LEGEND,
     "",
@@ -143,6 +143,7 @@ EXPECTED_MARKDOWN = "\n".join([
     "| - (59.20) | - (40.80) | 40.70 (40.70, +0.00) | - (80.10) | 82.90 |",
     "| MAE 200ep (MAE (paper's run) 200) | 39.87 (40.10, -0.23) | - (60.50) | - (44.10) | - (36.40) | - (57.80) "
     "| - (39.30) | 41.02 (40.50, +0.52) | - (80.10) | - |",
+    "| chance level | - | - | - | - | - | - | - | - | 0.10 |",
     "",
     LEGEND,
     "",
@@ -151,15 +152,46 @@ EXPECTED_MARKDOWN = "\n".join([
     "| checkpoint | ft_top1 | mIoU |",
     "| --- | --- | --- |",
     "| random init | 70.12 | 20.50 |",
+    "| chance level | 0.10 | - |",
     "",
     LEGEND,
+    "",
+])
+EXPECTED_SYNTHETIC = "\n".join([  # with CHANCE: every measured number, no paper value, no delta
+    "# droppos-bench report",
+    "",
+    "> Note: these numbers come from tiny models and/or synthetic data. They can show an effect at toy scale, never a "
+    "reproduction of the paper's numbers.",
+    "",
+    "## Synthetic data, tiny models (not comparable with the paper)",
+    "",
+    "| checkpoint | ft_top1 | position | APb | APm | mIoU |",
+    "| --- | --- | --- | --- | --- | --- |",
+    "| DropPos 200ep (ours) | 82.90 | - | 42.31 | 37.50 | 40.70 |",
+    "| MAE 200ep | - | - | 39.87 | - | 41.02 |",
+    "| random init | 70.12 | - | - | - | 20.50 |",
+    "| gamma 0.75 | 82.90 | 88.00 | - | - | - |",
+    "| chance level | 0.10 | 0.51 | - | - | - |",
+    "",
+    "Cells: our value; '-' where not measured. No paper numbers: tiny models are not comparable.",
     "",
 ])
 
 
 def test_markdown_is_exact(results):
-    assert render_markdown(results, synthetic=True) == EXPECTED_MARKDOWN
+    assert render_markdown(results, chance=CHANCE) == EXPECTED_MARKDOWN
+    without = "\n".join(line for line in EXPECTED_MARKDOWN.split("\n") if "chance level" not in line)
+    assert render_markdown(results) == without
     assert "synthetic" not in render_markdown(results)
+
+
+def test_a_synthetic_report_has_no_paper_table_and_no_paper_numbers(results):
+    assert render_markdown(results, synthetic=True, chance=CHANCE) == EXPECTED_SYNTHETIC
+    rows = list(csv.DictReader(io.StringIO(render_csv(results, synthetic=True))))
+    assert {row["table"] for row in rows} == {"synthetic"}
+    assert not any(row["paper"] or row["delta"] or row["reference"] for row in rows)
+    latex = render_latex(results, synthetic=True)
+    assert "Synthetic data" in latex and "Table" not in latex and "$^" not in latex
 
 
 def test_tables_in_paper_order_with_results_in_input_order(results):
@@ -182,6 +214,13 @@ def test_csv_has_one_line_per_cell(results):
     assert len(rows) == 1 + 10 + 2 * 9 + 2
     assert ["tab6", "DropPos 200ep (ours)", "tab6:DropPos 200", "APm", "37.5", "37.9", "-0.40"] in rows
     assert ["other", "random init", "", "ft_top1", "70.123", "", ""] in rows
+    with_chance = list(csv.reader(io.StringIO(render_csv(results, chance=CHANCE))))
+    assert [row for row in with_chance if row[1] != "chance level"] == rows
+    assert [row for row in with_chance if row[1] == "chance level"] == [
+        ["tab1", "chance level", "", "ft_top1", "0.1", "", ""],
+        ["tab1", "chance level", "", "position", "0.51", "", ""],
+        ["tab6", "chance level", "", "ft_top1", "0.1", "", ""], ["other", "chance level", "", "ft_top1", "0.1", "", ""],
+    ]
 
 
 def test_latex_escapes_labels_and_marks_deltas(results):
@@ -189,23 +228,49 @@ def test_latex_escapes_labels_and_marks_deltas(results):
     assert r"run\_7 at 100\% lr (1-\textgreater{}0) & 83.00$^{+0.04}$ & -- (87.83) &" in latex
     assert r"DropPos 200ep (ours) (DropPos 200) & 42.31$^{+0.21}$ & -- (62.00)" in latex
     assert latex.count(r"\begin{tabular}") == latex.count(r"\bottomrule") == 4
+    assert "chance" not in latex
+    chance = render_latex(results, chance={"position": 0.51})
+    assert "\\midrule\nchance level & -- & 0.51 & -- & -- & -- & -- & -- & -- & -- & -- \\\\\n\\bottomrule" in chance
+    assert chance.count("chance level") == 1  # only Table 1 has a position column
 
 
 def test_write_report_writes_every_file_and_a_self_contained_page(results, tmp_path):
-    page = write_report(results, tmp_path / "report", synthetic=True)
+    page = write_report(results, tmp_path / "report", chance=CHANCE)
     out = tmp_path / "report"
     assert page == out / "report.html"
     assert (out / "report.md").read_text() == EXPECTED_MARKDOWN
-    assert (out / "results.csv").read_text() == render_csv(results)
-    assert (out / "tables.tex").read_text() == render_latex(results)
-    plots = sorted(path.name for path in (out / "plots").iterdir())
-    assert plots == ["bars_apb.png", "bars_apm.png", "bars_ft-top1.png", "bars_miou.png", "bars_position.png",
-                     "position_00_gamma-0.75.png"]
+    assert (out / "results.csv").read_text() == render_csv(results, chance=CHANCE)
+    assert (out / "tables.tex").read_text() == render_latex(results, chance=CHANCE)
+    plots = sorted(str(path.relative_to(out / "plots")) for path in (out / "plots").rglob("*.png"))
+    assert plots == ["other/bars_ft-top1.png", "other/bars_miou.png", "tab1/bars_ft-top1.png",
+                     "tab1/bars_position.png", "tab1/position_00_gamma-0.75.png", "tab6/bars_apb.png",
+                     "tab6/bars_apm.png", "tab6/bars_ft-top1.png", "tab6/bars_miou.png"]
     text = page.read_text()
     assert text.count('<img src="data:image/png;base64,iVBOR') == len(plots)  # iVBOR: the PNG signature
     assert all(html.escape(result.label) in text for result in results)
     assert "<td>42.31 (42.10, +0.21)</td>" in text
+    assert '<tr class="chance"><td>chance level</td><td>0.10</td><td>0.51</td><td>-</td>' in text
     assert not [path for path in out.rglob(".*")]  # no temporary file left behind
+
+
+def test_each_table_has_its_plots_as_a_grid_of_same_sized_small_multiples(results, tmp_path):
+    text = write_report(results, tmp_path, chance=CHANCE).read_text()
+    assert "grid-template-columns:repeat(auto-fill,minmax(320px,1fr))" in text
+    sections = text.split("<h2>")[1:]
+    assert [section.count("<figure><img") for section in sections] == [3, 4, 2]  # Table 1, Table 6, other
+    assert all(section.count('<div class="plots">') == 1 for section in sections)
+    assert "<figcaption>ft_top1 (%): ours (bars), paper (diamonds), chance level 0.10 (dashed)</figcaption>" in text
+    assert "<figcaption>mIoU (%): ours (bars)</figcaption>" in text
+    for table in ("tab1", "tab6", "other"):
+        sizes = {Image.open(path).size for path in (tmp_path / "plots" / table).glob("*.png")}
+        assert len(sizes) == 1, (table, sizes)
+
+
+def test_a_synthetic_page_has_no_paper_numbers(results, tmp_path):
+    text = write_report(results, tmp_path, synthetic=True).read_text()
+    assert "Table 6" not in text and "(42.10" not in text and "paper (diamonds)" not in text
+    assert "<td>42.31</td>" in text and text.count("<figure><img") == 6
+    assert (tmp_path / "report.md").read_text() == render_markdown(results, synthetic=True)
 
 
 def test_unknown_reference_fails_before_writing(results, tmp_path):
@@ -223,6 +288,6 @@ def test_position_grid_must_be_four_by_four(tmp_path):
 def test_loss_curves_one_chart_per_benchmark(tmp_path):
     results = [Result("a", None, {}, curves={"seg": [(10, 2.0), (20, 1.5)], "det": [(5, 3.0)]}),
                Result("b", None, {}, curves={"seg": [(10, 2.2)]}), Result("c", None, {})]
-    paths = plot_loss_curves(results, tmp_path)
-    assert [path.name for path in paths] == ["loss_det.png", "loss_seg.png"]
-    assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths)
+    plots = plot_loss_curves(results, tmp_path)
+    assert [plot.path.name for plot in plots] == ["loss_det.png", "loss_seg.png"]
+    assert all(plot.path.read_bytes().startswith(b"\x89PNG") for plot in plots)

@@ -141,3 +141,23 @@ def test_the_fine_tuned_probe_reads_the_fine_tuning_job_of_its_checkpoint(tmp_pa
     swapped = text.replace(first, "X").replace(second, first).replace("X", second)
     with pytest.raises(SuiteError, match=r"suite\.yaml:12: .*list 'cls.finetune' before it"):
         load_suite(write(tmp_path, swapped))
+
+
+def test_chance_levels_are_read_by_report_metric(tmp_path, checkpoint):
+    text = GOOD.format(ckpt=checkpoint)
+    assert load_suite(write(tmp_path, text)).chance == {}
+    suite = load_suite(write(tmp_path, text + "chance: {mIoU: 0.66, position: 6.25, linprobe_top1: 25}\n"))
+    assert suite.chance == {"mIoU": 0.66, "position": 6.25, "linprobe_top1": 25.0}
+
+
+@pytest.mark.parametrize(("chance", "line", "message"), [
+    ("chance:\n  ft_top1: 25.0\n  top1: 25.0\n", 18, "unknown key 'top1' in chance"),
+    ("chance:\n  ft_top1: 25.0\n  position: 100.5\n", 18, "chance.position must be a percent from 0 to 100"),
+    ("chance: {APb: -1}\n", 16, "chance.APb must be a percent from 0 to 100"),
+    ("chance: {mIoU: yes}\n", 16, "chance.mIoU must be a percent"),
+    ("chance: {mIoU: .nan}\n", 16, "chance.mIoU must be a percent"),
+    ("chance: [ft_top1]\n", 16, "chance .* must be a mapping"),
+])
+def test_chance_errors_name_the_line(tmp_path, checkpoint, chance, line, message):
+    with pytest.raises(SuiteError, match=rf"suite\.yaml:{line}: {message}"):
+        load_suite(write(tmp_path, GOOD.format(ckpt=checkpoint) + chance))

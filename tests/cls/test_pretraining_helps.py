@@ -15,16 +15,11 @@ import json
 import os
 import time
 
-import numpy as np
-
 from benchmarks.cli import main
-from benchmarks.synthetic.ramps import write_ramp_images
+from benchmarks.synthetic.ramps import DIRECTIONS, write_direction_task, write_unlabelled_ramps
 
-SIZE, GRID, STEP = 64, 4, 0.08  # 64 px, 16 px patches: 4 x 4 positions
-UNLABELLED, PER_CLASS, VAL_PER_CLASS = 1600, 16, 32
-PRETRAIN_EPOCHS, FINETUNE_EPOCHS = 16, 40  # 800 pre-training iterations of 32; 80 fine-tuning steps of 32
-CLASSES = {"as_is": (False, False), "flip_lr": (True, False), "flip_ud": (False, True), "flip_both": (True, True)}
-CHANCE = 100 / len(CLASSES)
+UNLABELLED, PER_CLASS, VAL_PER_CLASS = 1600, 16, 32  # droppos_tiny_ramps: 800 steps; finetune_tiny_ramps: 80
+CHANCE = 100 / len(DIRECTIONS)
 SEED = int(os.environ.get("PRETRAIN_HELPS_SEED", "0"))  # to re-measure the margins on other seeds
 
 
@@ -39,40 +34,20 @@ def test_droppos_pretraining_beats_random_init_with_few_labels(tmp_path):
     position, DropPos stays at chance), seed 0 gives 23.4 for the pre-trained init: this test fails there."""
     start = time.monotonic()
     unlabelled, labelled = tmp_path / "unlabelled", tmp_path / "labelled"
-    write_ramp_images(unlabelled / "train" / "ramps", UNLABELLED, np.random.default_rng(SEED), SIZE, GRID, STEP)
-    for split, count, offset in (("train", PER_CLASS, 1000), ("val", VAL_PER_CLASS, 2000)):
-        rng = np.random.default_rng(SEED + offset)
-        for name, (flip_lr, flip_ud) in CLASSES.items():
-            write_ramp_images(labelled / split / name, count, rng, SIZE, GRID, STEP, flip_lr, flip_ud)
-
-    pretrain = {
-        "data.root": unlabelled, "work_dir": tmp_path / "pretrain", "seed": SEED,
-        "model.img_size": SIZE, "model.depth": 2, "model.tau": "inf",
-        "model.mask_ratio": 0.875, "model.pos_mask_ratio": 0.5,  # 2 visible patches: 1 anchor, 1 dropped
-        "data.crop_scale": "1.0,1.0", "data.hflip": 0.0,  # whole images, never flipped: the direction stays fixed
-        "smoothing.sigma0": 0.0, "effective_batch": 32, "batch_size": 32, "optim.base_lr": 8e-3,
-        "schedule.epochs": PRETRAIN_EPOCHS, "checkpoint.interval": PRETRAIN_EPOCHS, "log_interval": 50,
-    }
-    assert main(["pretrain", "droppos_tiny_synth", *args(pretrain)]) == 0
+    write_unlabelled_ramps(unlabelled, UNLABELLED, 0, SEED)
+    write_direction_task(labelled, PER_CLASS, VAL_PER_CLASS, SEED)
+    pretrain = {"data.root": unlabelled, "work_dir": tmp_path / "pretrain", "seed": SEED}
+    assert main(["pretrain", "droppos_tiny_ramps", *args(pretrain)]) == 0
     encoder = tmp_path / "pretrain" / "encoder.safetensors"
     assert encoder.is_file()
-
-    # One recipe for both inits. No flips, crops, RandAugment or erasing: a flip changes the label.
-    # No warmup: 80 steps in all.
-    recipe = {
-        "data.root": labelled, "seed": SEED, "model.img_size": SIZE, "model.depth": 2,
-        "aug.crop_scale": "1.0,1.0", "aug.hflip": 0.0, "aug.auto_augment": None, "aug.reprob": 0.0,
-        "effective_batch": 32, "batch_size": 32, "optim.base_lr": 8e-3,  # peak lr 1e-3, 2 steps per epoch
-        "schedule.epochs": FINETUNE_EPOCHS, "schedule.warmup_epochs": 0, "log_interval": 50,
-    }
     top1 = {}
     for name, ckpt in (("droppos", encoder), ("random", None)):
         work_dir = tmp_path / f"finetune_{name}"
-        run = {**recipe, "work_dir": work_dir, "ckpt": ckpt}  # the only difference between the two runs: ckpt
-        assert main(["cls", "finetune", "finetune_tiny_synth", *args(run)]) == 0
+        run = {"data.root": labelled, "seed": SEED, "work_dir": work_dir, "ckpt": ckpt}  # the runs differ in ckpt
+        assert main(["cls", "finetune", "finetune_tiny_ramps", *args(run)]) == 0
         top1[name] = json.loads((work_dir / "metrics.json").read_text())["last"]["top1"]
     measured = (f"seed {SEED}: final val top-1 DropPos init {top1['droppos']:.1f}%, random init {top1['random']:.1f}%, "
-                f"chance {CHANCE:.0f}% ({len(CLASSES)} classes, {PER_CLASS} labelled images per class); "
+                f"chance {CHANCE:.0f}% ({len(DIRECTIONS)} classes, {PER_CLASS} labelled images per class); "
                 f"{time.monotonic() - start:.0f} s")
     print(measured)
     assert top1["droppos"] > CHANCE + 50, f"the DropPos init does not learn the task: {measured}"

@@ -1,8 +1,11 @@
 """A file system that refuses a write (read-only, full, a file where a folder should be) stops with one line naming the
 path and the reason (exit 2), and the temporary files of killed writes do not pile up. Real mounts, not mocks."""
+import contextlib
 import gc
 import os
 import subprocess
+import threading
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -110,6 +113,33 @@ def test_a_full_disk_while_pretraining_is_one_line(data, tmp_path, capsys):
         assert pretrain(data, small / "run") == 2
         assert f"{small / 'run'}: no space left on device while writing epoch_1.pth" in error_line(capsys)
         assert not list((small / "run").glob(".*.tmp"))
+
+
+def test_a_disk_that_fills_up_under_mmengines_own_writes_is_one_line(data, tmp_path, capsys):
+    """Something else fills the disk once training has started: mmengine's next append to scalars.json (or its log)
+    fails, not one of our checkpoint writes (the first one would come after the last epoch)."""
+    with tmpfs(tmp_path / "small", "size=4m") as small:
+        run = small / "run"
+        filler = threading.Thread(target=fill_when_created, args=(run, small / "filler"), daemon=True)
+        filler.start()
+        assert main(["pretrain", "droppos_tiny_synth", f"data.root={data}", f"work_dir={run}", "model.img_size=64",
+                     "schedule.epochs=3", "batch_size=2", "effective_batch=2", "log_interval=1",
+                     "checkpoint.interval=3"]) == 2
+        filler.join()
+        line = error_line(capsys)
+        assert "no space left on device while writing" in line and str(run) in line, line
+        assert not list(run.glob("epoch_*.pth"))
+
+
+def fill_when_created(work_dir, filler):
+    """Once training logs its first scalars under work_dir, write `filler` until the file system is full."""
+    deadline = time.monotonic() + 120
+    while not list(work_dir.glob("*/vis_data/scalars.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
+        while True:
+            f.write(bytes(1 << 16))
+            f.flush()
 
 
 def test_stale_temporary_files_of_killed_writes_are_removed_at_the_next_start(tmp_path):
