@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow
+.PHONY: install demo test test-slow test-docker
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,8 @@ test: $(STAMP)
 # Checks that train for minutes (a tiny detector learning on CPU); not part of CI's `make test`.
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q -m slow
+
+# Builds docker/Dockerfile with buildah (no Docker engine needed; root, `apt-get install buildah mmdebstrap`) and runs
+# `demo --quick` in the image on the CPU; not part of `make test`. Storage: docker/build_local.sh's header.
+test-docker:
+	docker/build_local.sh
