@@ -23,8 +23,10 @@ from safetensors.torch import load_file
 
 from engine.errors import MissingInputError, UserInputError
 
+from .families import FAMILY_FORMATS, FAMILY_HELP, FamilyError, detect_family, read_family
+
 OURS_TAG = "droppos-bench"
-FORMATS = ("droppos", "mae", "timm", "mocov3", "detectron2", "ours", "state_dict")
+FORMATS = ("droppos", "mae", "timm", "mocov3", "detectron2", "ours", "state_dict", *FAMILY_FORMATS)
 FORMAT_HELP = {
     "droppos": "authors' DropPos release: {'state_dict': DDP state dict with 'module.' prefixes, 'model': arch name}",
     "mae": "MAE / DeiT release: {'model': state dict}",
@@ -33,6 +35,7 @@ FORMAT_HELP = {
     "detectron2": "detectron2 ViTDet (.pth, or a model-zoo .pkl of numpy arrays): {'model': {'backbone.net.*', ...}}",
     "ours": "droppos-bench .safetensors with json metadata",
     "state_dict": "any other {'state_dict': ...} wrapper (mmengine runs, ours included, DDP)",
+    **FAMILY_HELP,
 }
 # Pre-training-only parts and classification heads (DeiT's head_dist too), dropped on request before loading an
 # encoder. Not fc_norm: average pooling's features pass through it (timm's pre-logits), so it stays with the encoder.
@@ -60,12 +63,14 @@ class CheckpointError(UserInputError):
 
 @dataclass
 class Checkpoint:
-    """An encoder state dict as read from `path`, with prefixes stripped; `meta` holds our own metadata."""
+    """An encoder state dict as read from `path`, with prefixes stripped; `meta` holds our own metadata, `notes` what
+    reading a family's release layout changed beyond renaming keys."""
 
     path: str
     format: str
     state: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class ArrayUnpickler(pickle.Unpickler):
@@ -167,6 +172,9 @@ def detect_format(obj: Any, file_meta: dict[str, str]) -> str:
         return "ours"
     if not isinstance(obj, dict):
         raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, expected a dict")
+    family = detect_family(obj)
+    if family is not None:
+        return family
     state = obj.get("state_dict")
     if isinstance(state, dict):
         if _run_meta(obj):
@@ -226,8 +234,9 @@ def read_checkpoint(
     """Read any supported checkpoint into a flat encoder state dict.
 
     DDP's 'module.' prefix is always stripped; `prefix` then selects a sub-module (default: the format's
-    encoder, e.g. 'base_encoder.' for MoCo v3, 'backbone.net.' for detectron2; '' keeps every key). A training
-    run's work dir stands for its last checkpoint.
+    encoder, e.g. 'base_encoder.' for MoCo v3, 'backbone.net.' for detectron2; '' keeps every key). The formats of
+    other families (FAMILY_FORMATS) select their encoder themselves, e.g. DINO's teacher ('dino') or student
+    ('dino:student'), and convert it to our layout. A training run's work dir stands for its last checkpoint.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise CheckpointError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
@@ -236,8 +245,8 @@ def read_checkpoint(
     obj, file_meta = load_file_safely(path, allow_pickle)
     try:
         fmt = detect_format(obj, file_meta) if fmt == "auto" else fmt
-        state = _unwrap(obj, fmt)
-    except CheckpointError as err:
+        state, notes = read_family(obj, fmt) if fmt in FAMILY_FORMATS else (_unwrap(obj, fmt), [])
+    except (CheckpointError, FamilyError) as err:
         raise CheckpointError(f"{path}: {err}") from None
     while state and all(k.startswith("module.") for k in state):
         state = strip_prefix(state, "module.")
@@ -249,7 +258,7 @@ def read_checkpoint(
     if not state:
         raise CheckpointError(f"{path}: no tensors found under prefix {prefix!r} (format {fmt!r})")
     meta = json.loads(file_meta.get("meta", "{}")) if fmt == "ours" else run_meta
-    return Checkpoint(str(path), fmt, state, meta)
+    return Checkpoint(str(path), fmt, state, meta, notes)
 
 
 def split_pretraining_keys(

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +12,7 @@ import torch.nn.functional as F
 from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint, split_pretraining_keys
+from .families import compact_key_list
 from .pos_embed import Grid, resample_pos_embed
 from .vit import VIT_SIZES, VisionTransformer
 from .vitdet import ViTDetViT
@@ -46,12 +45,6 @@ class LoadReport:
             listed = compact_key_list(names) if fold else ", ".join(names)
             lines.append(f"  {title} ({len(names)}): {listed or '-'}")
         return "\n".join(lines)
-
-
-def compact_key_list(names: Iterable[str]) -> str:
-    """Keys with block numbers folded: 'blocks.*.attn.qkv.weight x12' instead of twelve lines."""
-    counts = Counter(re.sub(r"\.\d+\.", ".*.", name) for name in names)
-    return ", ".join(f"{key} x{n}" if n > 1 else key for key, n in counts.items())
 
 
 def size_name(width: int) -> str | None:
@@ -257,7 +250,8 @@ def load_pretrained(
     result = model.load_state_dict(state, strict=False)
     report = LoadReport(
         ckpt.path, ckpt.format, loaded=[k for k in state if k not in result.unexpected_keys],
-        missing=list(result.missing_keys), unexpected=list(result.unexpected_keys), dropped=dropped, notes=notes,
+        missing=list(result.missing_keys), unexpected=list(result.unexpected_keys), dropped=dropped,
+        notes=ckpt.notes + notes,
     )
     if allowed_missing is not None:
         allowed = tuple(allowed_missing)
