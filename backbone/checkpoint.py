@@ -24,9 +24,21 @@ from safetensors.torch import load_file
 from engine.errors import MissingInputError, UserInputError
 
 from .families import FAMILY_FORMATS, FAMILY_HELP, FamilyError, detect_family, read_family
+from .families_dinov2_clip import (
+    TOWER_FORMATS,
+    TOWER_HELP,
+    detect_tower,
+    detect_tower_format,
+    is_torchscript_archive,
+    read_tower,
+    torchscript_refusal,
+    torchscript_state,
+    wrong_family_hint,
+)
+from .families_hf_mim import HF_FORMATS, hf_meta, hf_model_file
 
 OURS_TAG = "droppos-bench"
-FORMATS = ("droppos", "mae", "timm", "mocov3", "detectron2", "ours", "state_dict", *FAMILY_FORMATS)
+FORMATS = ("droppos", "mae", "timm", "mocov3", "detectron2", "ours", "state_dict", *FAMILY_FORMATS, *TOWER_FORMATS)
 FORMAT_HELP = {
     "droppos": "authors' DropPos release: {'state_dict': DDP state dict with 'module.' prefixes, 'model': arch name}",
     "mae": "MAE / DeiT release: {'model': state dict}",
@@ -36,6 +48,7 @@ FORMAT_HELP = {
     "ours": "droppos-bench .safetensors with json metadata",
     "state_dict": "any other {'state_dict': ...} wrapper (mmengine runs, ours included, DDP)",
     **FAMILY_HELP,
+    **TOWER_HELP,
 }
 # Pre-training-only parts and classification heads (DeiT's head_dist too), dropped on request before loading an
 # encoder. Not fc_norm: average pooling's features pass through it (timm's pre-logits), so it stays with the encoder.
@@ -138,6 +151,10 @@ def load_file_safely(path: str | os.PathLike, allow_pickle: bool = False) -> tup
             return load_file(str(path)), metadata
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable .safetensors file ({err}); it may be truncated") from err
+    if is_torchscript_archive(path):  # OpenAI's CLIP downloads
+        if not allow_pickle:
+            raise CheckpointError(torchscript_refusal(path))
+        return torchscript_state(path), {}
     try:
         if allow_pickle:
             return torch.load(path, map_location="cpu", weights_only=False), {}
@@ -172,7 +189,7 @@ def detect_format(obj: Any, file_meta: dict[str, str]) -> str:
         return "ours"
     if not isinstance(obj, dict):
         raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, expected a dict")
-    family = detect_family(obj)
+    family = detect_family(obj) or detect_tower_format(obj)
     if family is not None:
         return family
     state = obj.get("state_dict")
@@ -241,12 +258,20 @@ def read_checkpoint(
     if fmt != "auto" and fmt not in FORMATS:
         raise CheckpointError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
     if Path(path).is_dir():
-        path = last_run_checkpoint(path)
+        path = hf_model_file(path) or last_run_checkpoint(path)
     obj, file_meta = load_file_safely(path, allow_pickle)
     try:
         fmt = detect_format(obj, file_meta) if fmt == "auto" else fmt
-        state, notes = read_family(obj, fmt) if fmt in FAMILY_FORMATS else (_unwrap(obj, fmt), [])
-    except (CheckpointError, FamilyError) as err:
+        if fmt in TOWER_FORMATS:
+            state, notes = read_tower(obj, fmt)
+        else:
+            state, notes = read_family(obj, fmt) if fmt in FAMILY_FORMATS else (_unwrap(obj, fmt), [])
+        hf_config, more = hf_meta(path, state) if fmt in HF_FORMATS else ({}, [])  # heads, eps: its config.json
+        notes = notes + more
+    except FamilyError as err:
+        hint = wrong_family_hint(detect_tower(obj)) if fmt in FAMILY_FORMATS and isinstance(obj, dict) else ""
+        raise CheckpointError(f"{path}: {err}{hint}") from None
+    except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     while state and all(k.startswith("module.") for k in state):
         state = strip_prefix(state, "module.")
@@ -257,7 +282,7 @@ def read_checkpoint(
     state = {k: v for k, v in strip_prefix(state, prefix).items() if isinstance(v, torch.Tensor)}
     if not state:
         raise CheckpointError(f"{path}: no tensors found under prefix {prefix!r} (format {fmt!r})")
-    meta = json.loads(file_meta.get("meta", "{}")) if fmt == "ours" else run_meta
+    meta = json.loads(file_meta.get("meta", "{}")) if fmt == "ours" else (run_meta or hf_config)
     return Checkpoint(str(path), fmt, state, meta, notes)
 
 

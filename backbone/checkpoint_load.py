@@ -13,8 +13,9 @@ from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint, split_pretraining_keys
 from .families import compact_key_list
+from .families_dinov2_clip import TOWER_OPTIONS
 from .pos_embed import Grid, resample_pos_embed
-from .vit import VIT_SIZES, VisionTransformer
+from .vit import FAMILY_OPTION_DEFAULTS, VIT_SIZES, VisionTransformer
 from .vitdet import ViTDetViT
 
 # Checkpoint parts a model may be built without, left unused by design (first or last key component): [CLS] (ViTDet
@@ -88,7 +89,7 @@ def infer_vit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
         patch_size=patch, in_chans=in_chans, embed_dim=width, depth=depth, num_heads=num_heads,
         mlp_ratio=mlp_ratio, qkv_bias="blocks.0.attn.qkv.bias" in state, class_token=class_token,
         global_pool=_global_pool(state, class_token),
-        **extension_options(state),
+        **extension_options(state), **token_options(state),
     )
     pos_grid = None
     if "pos_embed" in state:
@@ -139,6 +140,28 @@ def extension_options(state: dict[str, torch.Tensor]) -> dict[str, Any]:
                 layer_scale_init=1.0 if "blocks.0.ls1.gamma" in state else None)
 
 
+def resolve_extensions(options: dict[str, Any], state: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """`options` with rel_pos_bias / layer_scale_init "auto" decided by an encoder state dict: on (layer scale 1.0,
+    which the loaded values replace) when it has them, off when it has none or there is no checkpoint."""
+    found = extension_options(state or {})
+    return {key: found[key] if key in found and value == "auto" else value for key, value in options.items()}
+
+
+def token_options(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The ViT options of other families' embeddings that an encoder state dict shows, only where they differ from
+    the default: DINOv2's register tokens (`reg_token`, 1 x count x width), CLIP's norm before the blocks
+    (`norm_pre`) and its patch embedding without a bias. The activation and norm epsilon leave no trace in the
+    weights: the format names them (see `families_dinov2_clip.TOWER_OPTIONS`)."""
+    options: dict[str, Any] = {}
+    if "reg_token" in state:
+        options["reg_tokens"] = state["reg_token"].shape[1]
+    if "norm_pre.weight" in state:
+        options["pre_norm"] = True
+    if "patch_embed.proj.weight" in state and "patch_embed.proj.bias" not in state:
+        options["patch_bias"] = False
+    return options
+
+
 def _global_pool(state: dict[str, torch.Tensor], class_token: bool) -> str:
     """'avg' with MAE's fc_norm or without [CLS]; 'token' with [CLS] and a final norm; '' (feature maps only) for
     dense-task backbones, which keep [CLS] but have no final norm."""
@@ -168,9 +191,10 @@ def adapt_state_dict(
                 grid, prefix = src_grid, value.shape[1] - src_grid[0] * src_grid[1]
             else:
                 prefix, grid = pos_embed_layout(value.shape[1], "cls_token" in state)
-            adapted[key] = resample_pos_embed(value, model.grid_size, prefix, model.num_prefix_tokens, grid)
+            slots = model.num_pos_prefix_tokens
+            adapted[key] = resample_pos_embed(value, model.grid_size, prefix, slots, grid)
             notes.append(f"pos_embed resampled from {grid[0]}x{grid[1]} (+{prefix} prefix) to "
-                         f"{model.grid_size[0]}x{model.grid_size[1]} (+{model.num_prefix_tokens} prefix)")
+                         f"{model.grid_size[0]}x{model.grid_size[1]} (+{slots} prefix)")
         elif key.endswith(("rel_pos_h", "rel_pos_w")) and value.shape[1] == want[1]:
             adapted[key] = _resize_rel_pos(value, want[0])
             notes.append(f"{key} interpolated from {value.shape[0]} to {want[0]} rows")
@@ -215,6 +239,16 @@ def _unusable_message(keys: list[str]) -> str:
             "architecture: build the model the checkpoint describes)")
 
 
+def check_format_options(model: VisionTransformer, ckpt: Checkpoint) -> None:
+    """Refuse a model whose activation or norm epsilon differs from what the checkpoint's format fixes (CLIP's
+    QuickGELU): the weights would load and silently compute other features."""
+    config = {**FAMILY_OPTION_DEFAULTS, "norm_eps": 1e-6, **model.config}
+    wrong = {k: v for k, v in TOWER_OPTIONS.get(ckpt.format, {}).items() if config[k] != v}
+    if wrong:
+        listed = ", ".join(f"{k}={v!r} (model: {config[k]!r})" for k, v in wrong.items())
+        raise CheckpointError(f"{ckpt.path}: format {ckpt.format!r} needs {listed}: build the model with them")
+
+
 def load_pretrained(
     model: VisionTransformer,
     source: str | os.PathLike | Checkpoint,
@@ -244,6 +278,7 @@ def load_pretrained(
         state, notes = adapt_state_dict(state, model, src_grid)
     except CheckpointError as err:
         raise CheckpointError(f"{ckpt.path}: {err}") from None
+    check_format_options(model, ckpt)
     unused = unusable_keys(state, model)
     if unused:
         raise CheckpointError(f"{ckpt.path}: {_unusable_message(unused)}")
@@ -278,6 +313,7 @@ def load_model(
     ckpt = read_checkpoint(source, fmt, prefix, allow_pickle)
     state, _ = split_pretraining_keys(ckpt.state, drop_head=not keep_head)
     config = dict(ckpt.meta.get("vit_config") or infer_vit_config(state, overrides.get("num_heads")))
+    config.update(TOWER_OPTIONS.get(ckpt.format, {}))
     if not keep_head:
         config["num_classes"] = 0
     config.update(overrides)

@@ -82,6 +82,9 @@ def _release_state(obj: dict) -> dict | None:
 def detect_family(obj: dict) -> str | None:
     """The family a loaded checkpoint's layout names, or None for the formats of checkpoint.py (a DINO backbone-only
     file is timm's layout and reads as timm)."""
+    zoo = detect_zoo_family(obj)
+    if zoo is not None:
+        return zoo
     if isinstance(obj.get("teacher"), dict) and isinstance(obj.get("student"), dict):
         return "ibot" if "ibot_loss" in obj else "dino"
     wrapped = obj.get("state_dict")
@@ -261,3 +264,12 @@ def check_layout(state: State, family: str) -> None:
             f"{len(unknown)} keys of no known layout ({compact_key_list(unknown) or '-'}), "
             f"{len(missing)} missing ({compact_key_list(missing) or '-'}); a variant or another family this loader "
             "does not read")
+
+
+# Families converted in a module of their own (reusing the steps above) join the tables here.
+from .families_hf_mim import ZOO_HELP, ZOO_NAMES, ZOO_STEPS, detect_zoo_family  # noqa: E402
+
+FAMILY_HELP.update(ZOO_HELP)
+FAMILY_NAMES.update(ZOO_NAMES)
+FAMILY_STEPS.update(ZOO_STEPS)
+FAMILY_FORMATS = tuple(FAMILY_HELP)

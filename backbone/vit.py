@@ -2,7 +2,9 @@
 
 Built from timm layers with timm/MAE parameter names, so MAE, DropPos, MoCo v3 and timm weights load by
 key. ViTDet's window attention and decomposed relative position bias, and BEiT's relative position bias table
-and layer scale (as mmseg's MAE backbone uses them), are options of the same blocks.
+and layer scale (as mmseg's MAE backbone uses them), are options of the same blocks; DINOv2's register tokens and
+CLIP's norm before the blocks, QuickGELU and bias-free patch embedding are options of the same ViT (all off by
+default, which leaves the model unchanged).
 """
 from __future__ import annotations
 
@@ -11,7 +13,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, gen_relative_position_index, trunc_normal_
+from timm.layers import (
+    DropPath,
+    LayerScale,
+    Mlp,
+    PatchEmbed,
+    QuickGELU,
+    gen_relative_position_index,
+    trunc_normal_,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -28,6 +38,9 @@ VIT_SIZES: dict[str, dict[str, int]] = {
 }
 POS_EMBED_INITS = ("sincos", "random")
 GLOBAL_POOLS = ("token", "avg", "")  # "": no pooling and no final norm (dense tasks read feature maps)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}  # QuickGELU: OpenAI's CLIP
+# Options added for other pre-training families, with the defaults that leave the model (and its config) as before.
+FAMILY_OPTION_DEFAULTS: dict[str, Any] = dict(reg_tokens=0, pre_norm=False, act_layer="gelu", patch_bias=True)
 
 
 def init_mae_style(module: nn.Module) -> None:
@@ -114,6 +127,7 @@ class Block(nn.Module):
         table_grid: Grid | None = None,
         prefix_tokens: int = 0,
         layer_scale_init: float | None = None,
+        act_layer: str = "gelu",
     ):
         super().__init__()
         self.window_size = window_size
@@ -122,7 +136,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=ACTIVATIONS[act_layer])
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -150,14 +164,19 @@ def transformer_blocks(config: dict[str, Any], grid: Grid, prefix_tokens: int) -
         rel_pos_grid = ((window, window) if window else grid) if config["use_rel_pos"] else None
         blocks.append(Block(config["embed_dim"], config["num_heads"], config["mlp_ratio"], config["qkv_bias"],
                             drop_rate, config["norm_eps"], window, rel_pos_grid,
-                            grid if config["rel_pos_bias"] else None, prefix_tokens, config["layer_scale_init"]))
+                            grid if config["rel_pos_bias"] else None, prefix_tokens, config["layer_scale_init"],
+                            config.get("act_layer", "gelu")))
     return blocks
 
 
 class VisionTransformer(nn.Module):
     """ViT with [CLS] / average pooling, intermediate (B, C, H, W) feature maps and ViTDet options.
 
-    Constructor arguments are recorded in `self.config` so a checkpoint can rebuild the same model.
+    Constructor arguments are recorded in `self.config` so a checkpoint can rebuild the same model (the options of
+    FAMILY_OPTION_DEFAULTS only where they differ from the default). `reg_tokens`: DINOv2's register tokens, after
+    [CLS], without a position embedding, dropped from patch features like [CLS]; `pre_norm`: a LayerNorm on the
+    tokens before the blocks (CLIP's ln_pre); `act_layer`: the MLP's activation; `patch_bias`: a bias in the patch
+    embedding (CLIP has none).
     """
 
     def __init__(
@@ -183,11 +202,16 @@ class VisionTransformer(nn.Module):
         rel_pos_bias: bool = False,
         layer_scale_init: float | None = None,
         grad_checkpointing: bool = False,
+        reg_tokens: int = 0,
+        pre_norm: bool = False,
+        act_layer: str = "gelu",
+        patch_bias: bool = True,
     ):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         _check_options(img_size, patch_size, depth, pos_embed, class_token, global_pool, window_size,
                        global_blocks, use_rel_pos, rel_pos_bias)
+        _check_family_options(reg_tokens, act_layer, window_size, use_rel_pos, rel_pos_bias)
         self.config: dict[str, Any] = dict(
             img_size=list(img_size), patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, pos_embed=pos_embed,
@@ -196,19 +220,25 @@ class VisionTransformer(nn.Module):
             global_blocks=sorted(global_blocks), use_rel_pos=use_rel_pos, rel_pos_bias=rel_pos_bias,
             layer_scale_init=layer_scale_init, grad_checkpointing=grad_checkpointing,
         )
+        family_options = dict(reg_tokens=reg_tokens, pre_norm=pre_norm, act_layer=act_layer, patch_bias=patch_bias)
+        self.config.update({k: v for k, v in family_options.items() if v != FAMILY_OPTION_DEFAULTS[k]})
         self.embed_dim = embed_dim
         self.num_layers = depth
         self.grad_checkpointing = grad_checkpointing
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, output_fmt="NHWC",
-                                      strict_img_size=False)
+                                      strict_img_size=False, bias=patch_bias)
         self.grid_size: Grid = tuple(self.patch_embed.grid_size)
-        self.num_prefix_tokens = int(class_token)
+        # Tokens before the patches ([CLS], registers) and the pos-embed slots before the grid's ([CLS] only).
+        self.num_prefix_tokens = int(class_token) + reg_tokens
+        self.num_pos_prefix_tokens = int(class_token)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1], embed_dim),
+            torch.zeros(1, self.num_pos_prefix_tokens + self.grid_size[0] * self.grid_size[1], embed_dim),
             requires_grad=pos_embed_trainable,
         )
-        self.blocks = transformer_blocks(self.config, self.grid_size, self.num_prefix_tokens)
+        self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
+        self.blocks = transformer_blocks(self.config, self.grid_size, self.num_pos_prefix_tokens)
         self.global_pool = global_pool
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "token" else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "avg" else nn.Identity()
@@ -222,6 +252,8 @@ class VisionTransformer(nn.Module):
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)  # DINOv2's initialisation
         self.init_pos_embed(pos_embed)
         if isinstance(self.head, nn.Linear):
             trunc_normal_(self.head.weight, std=2e-5)
@@ -230,7 +262,7 @@ class VisionTransformer(nn.Module):
         """The table on `grid_size`: fixed sin-cos, or trunc-normal (std 0.02) for a learned one."""
         with torch.no_grad():
             if pos_embed == "sincos":
-                self.pos_embed.copy_(sincos_2d_pos_embed(self.embed_dim, self.grid_size, self.num_prefix_tokens))
+                self.pos_embed.copy_(sincos_2d_pos_embed(self.embed_dim, self.grid_size, self.num_pos_prefix_tokens))
             else:
                 trunc_normal_(self.pos_embed, std=0.02)
 
@@ -244,15 +276,18 @@ class VisionTransformer(nn.Module):
         batch, height, width, dim = x.shape
         pos = self.pos_embed
         if (height, width) != self.grid_size:
-            pos = resample_pos_embed(pos, (height, width), self.num_prefix_tokens, old_grid=self.grid_size)
-        x = x.reshape(batch, height * width, dim) + pos[:, self.num_prefix_tokens:]
+            pos = resample_pos_embed(pos, (height, width), self.num_pos_prefix_tokens, old_grid=self.grid_size)
+        x = x.reshape(batch, height * width, dim) + pos[:, self.num_pos_prefix_tokens:]
         return self.prepend_cls_token(x), (height, width)
 
     def prepend_cls_token(self, x: torch.Tensor) -> torch.Tensor:
-        """[CLS] with position 0 in front of patch tokens (B, K, D); unchanged without a [CLS] token."""
-        if self.cls_token is None:
+        """[CLS] with position 0, then the register tokens (no position, as DINOv2 places them), in front of patch
+        tokens (B, K, D); unchanged without either."""
+        prefix = [] if self.cls_token is None else [self.cls_token + self.pos_embed[:, :1]]
+        prefix += [] if self.reg_token is None else [self.reg_token]
+        if not prefix:
             return x
-        return torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
+        return torch.cat([p.expand(x.shape[0], -1, -1) for p in prefix] + [x], dim=1)
 
     def encode_patches(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, prefix + K, D) for patch tokens that already carry their positions: all of
@@ -263,7 +298,9 @@ class VisionTransformer(nn.Module):
     def run_blocks(
         self, x: torch.Tensor, grid: Grid, keep: Sequence[int] = ()
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Apply every block; also return the outputs of the blocks listed in `keep`, in that order."""
+        """Apply the pre-norm (if any) and every block; also return the outputs of the blocks listed in `keep`, in
+        that order."""
+        x = self.norm_pre(x)
         kept: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and torch.is_grad_enabled():
@@ -330,6 +367,17 @@ def _check_options(
     bad = [b for b in global_blocks if not 0 <= b < depth]
     if bad:
         raise UserInputError(f"global_blocks {bad} out of range for depth {depth}")
+
+
+def _check_family_options(reg_tokens: int, act_layer: str, window_size: int, use_rel_pos: bool,
+                          rel_pos_bias: bool) -> None:
+    if act_layer not in ACTIVATIONS:
+        raise UserInputError(f"act_layer={act_layer!r}; expected one of {tuple(ACTIVATIONS)}")
+    if reg_tokens < 0:
+        raise UserInputError(f"reg_tokens={reg_tokens}; expected 0 or more")
+    if reg_tokens and (window_size or use_rel_pos or rel_pos_bias):
+        raise UserInputError("register tokens with window attention or relative position biases are not supported: "
+                             "those work on [CLS] and the patch grid only")
 
 
 def build_vit(size: str = "base", model_class: type[VisionTransformer] = VisionTransformer,

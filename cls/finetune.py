@@ -13,7 +13,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from torchvision.datasets import ImageFolder
 
-from backbone import VisionTransformer, adamw_layer_decay, build_vit, load_pretrained
+from backbone import VisionTransformer, adamw_layer_decay, build_vit, load_pretrained, read_checkpoint
+from backbone.checkpoint_load import resolve_extensions
 from engine import build_train_runner, peak_lr
 from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
@@ -54,12 +55,13 @@ class ClassifierModel(DeviceLoggedModel):
 def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) -> VisionTransformer:
     """The ViT of `cfg.model` loaded from `cfg.ckpt`: a pre-trained encoder gets a fresh head (only head /
     fc_norm may be missing), a fine-tuned checkpoint (`fine_tuned`) must supply every key, its head included."""
-    kwargs = dict(cfg.model)
+    ckpt = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
+    kwargs = resolve_extensions(dict(cfg.model), ckpt.state if ckpt else None)
     size = kwargs.pop("size")
     set_random_seed(cfg.seed)
     net = build_vit(size, num_classes=num_classes, **kwargs)
-    if cfg.ckpt:
-        report = load_pretrained(net, cfg.ckpt, drop_head=not fine_tuned, allow_pickle=cfg.allow_pickle,
+    if ckpt is not None:
+        report = load_pretrained(net, ckpt, drop_head=not fine_tuned,
                                  allowed_missing=() if fine_tuned else ("head", "fc_norm"))
         log.info("%s", report)
     if not fine_tuned:

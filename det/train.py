@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ from mmengine.config import Config
 from mmengine.runner import set_random_seed
 from torch import nn
 
-from backbone import adamw_layer_decay, load_pretrained
+from backbone import Checkpoint, adamw_layer_decay, load_pretrained, read_checkpoint
+from backbone.checkpoint import strip_prefix
+from backbone.checkpoint_load import resolve_extensions
 from engine import build_train_runner
 from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
@@ -33,14 +36,16 @@ def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> Vi
     detectron2's) loads entirely, or all but its class-specific predictors when it was trained on another number of
     classes; a pre-trained encoder loads into the ViT (pos embed resampled to the input grid; only ViTDet's relative
     position tables may be missing). `pretrained=False` leaves loading to the caller (det eval)."""
-    kwargs = dict(cfg.model)
+    state = read_detector(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
+    encoder = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt and state is None else None
+    backbone_state = encoder.state if encoder else strip_prefix(state or {}, BACKBONE_PREFIX)
+    kwargs = resolve_extensions(dict(cfg.model), backbone_state)
     set_random_seed(cfg.seed)
     model = build_mask_rcnn(num_classes, kwargs.pop("size"), precision=cfg.precision, **kwargs)
     if not (cfg.ckpt and pretrained):
         return model
-    state = read_detector(cfg.ckpt, allow_pickle=cfg.allow_pickle)
     if state is None:
-        report = load_pretrained(model.backbone.net, cfg.ckpt, allow_pickle=cfg.allow_pickle,
+        report = load_pretrained(model.backbone.net, without_relative_tables(encoder),
                                  allowed_missing=("rel_pos_h", "rel_pos_w"))
         log.info("%s", report)
         return model
@@ -51,6 +56,16 @@ def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> Vi
         log.info("%s has %d classes, the dataset %d: its class-specific predictors (%s) are left out and keep their "
                  "fresh initialisation", cfg.ckpt, classes, num_classes, ", ".join(kept))
     return model
+
+
+def without_relative_tables(encoder: Checkpoint) -> Checkpoint:
+    """The encoder without BEiT-style relative position tables (BEiT, data2vec): ViTDet's windows and global blocks
+    use relative positions of their own (rel_pos_h / rel_pos_w, started at zero), as ViTDet fine-tunes BEiT."""
+    tables = [key for key in encoder.state if key.endswith("attn.relative_position_bias_table")]
+    if not tables:
+        return encoder
+    log.info("%s: its %d relative position tables are left out: ViTDet adds its own", encoder.path, len(tables))
+    return replace(encoder, state={k: v for k, v in encoder.state.items() if k not in tables})
 
 
 def vitdet_adamw(model: ViTDetMaskRCNN, lr: float, weight_decay: float, layer_decay: float,

@@ -11,8 +11,8 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.runner import set_random_seed
 
 from backbone import VIT_SIZES, adamw_layer_decay, load_pretrained
-from backbone.checkpoint import Checkpoint, read_checkpoint
-from backbone.checkpoint_load import extension_options
+from backbone.checkpoint import read_checkpoint
+from backbone.checkpoint_load import resolve_extensions
 from engine import build_train_runner
 from engine.hooks import ModelMetaHook
 from engine.runner import TrainSpec, Validation, train_from_config
@@ -29,19 +29,12 @@ EXTENSION_KEYS = ("relative_position_bias_table", "gamma")
 log = logging.getLogger("droppos_bench")
 
 
-def resolve_extensions(options: dict[str, Any], ckpt: Checkpoint | None) -> dict[str, Any]:
-    """`options` with rel_pos_bias / layer_scale_init "auto" decided by the checkpoint: on (layer scale 1.0, which
-    the loaded values replace) when it has them, off when it has none or there is no checkpoint."""
-    found = extension_options(ckpt.state if ckpt else {})
-    return {key: found[key] if key in found and value == "auto" else value for key, value in options.items()}
-
-
 def build_segmentor(cfg: Config, num_classes: int, pretrained: bool = True) -> SegEncoderDecoder:
     """UperNet of `cfg.model` on our ViT, its backbone loaded from the pre-trained encoder `cfg.ckpt` if set and
     `pretrained` (pos embed resampled to the crop grid; only relative position tables and layer scales may be
     missing); `pretrained=False` when `cfg.ckpt` holds a whole trained segmentor (seg eval)."""
     ckpt = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
-    options = resolve_extensions(dict(cfg.model), ckpt)
+    options = resolve_extensions(dict(cfg.model), ckpt.state if ckpt else None)
     heads = {key: options.pop(key) for key in HEAD_OPTIONS}
     width = options.get("embed_dim", VIT_SIZES[options["size"]]["embed_dim"])
     set_random_seed(cfg.seed)

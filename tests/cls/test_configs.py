@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from backbone import build_vit
+from backbone.checkpoint_load import resolve_extensions
 from cls.finetune import CONFIGS_DIR
 from engine import load_config
 
@@ -27,7 +28,7 @@ def test_posprobe_config_states_batch_and_drop_ratio(name):
 def test_config_loads_and_builds(name):
     cfg = load_config(name, configs_dir=CONFIGS_DIR)
     assert cfg.effective_batch % cfg.batch_size == 0
-    kwargs = dict(cfg.model)
+    kwargs = resolve_extensions(dict(cfg.model), None)  # "auto" extensions: none without a checkpoint
     with torch.device("meta"):
         model = build_vit(kwargs.pop("size"), num_classes=1000, **kwargs)
     assert model.pos_embed.requires_grad and model.config["global_pool"] == "avg"

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from backbone import LAYOUTS, CheckpointError, ViTDetViT, build_vit, export_checkpoint, load_model
 from backbone.checkpoint import read_checkpoint
+from backbone.checkpoint_load import resolve_extensions
 from backbone.pos_embed import resample_pos_embed
 from benchmarks.cli import main
 from benchmarks.synthetic import synthesize
@@ -238,7 +239,7 @@ def test_det_train_starts_from_a_whole_detector_ours_or_detectron2s(data, short_
     assert_loaded(build_detector(config(data, tmp_path, ckpt=detector_files["detectron2_pkl"]), 8), trained,
                   zero_background=True)
     cfg = config(data, tmp_path)
-    model_cfg = dict(cfg.model)
+    model_cfg = resolve_extensions(dict(cfg.model), None)  # layer scale "auto": none without a checkpoint
     torch.manual_seed(5)
     five = build_mask_rcnn(5, model_cfg.pop("size"), **model_cfg).state_dict()  # trained on another class set
     save_detectron2(five, tmp_path / "five_classes.pth")

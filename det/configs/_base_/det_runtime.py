@@ -20,6 +20,7 @@ model = dict(
     pretrain_img_size=224,  # the trained pos embed stays on this grid (14 x 14), resized to the input's each forward
     window_size=14,  # window attention except in ViTDet's global blocks (2, 5, 8, 11 for ViT-B)
     drop_path_rate=0.1,
+    layer_scale_init="auto",  # layer scales (DeiT III, BEiT) where the checkpoint has them
     out_channels=256,  # feature pyramid width
     head_channels=256,  # RPN / box / mask head convolutions
     fc_channels=1024,  # box head fully connected layer
