@@ -282,7 +282,7 @@ def load_pretrained(
     unused = unusable_keys(state, model)
     if unused:
         raise CheckpointError(f"{ckpt.path}: {_unusable_message(unused)}")
-    result = model.load_state_dict(state, strict=False)
+    result = load_state(model, state, ckpt.path)
     report = LoadReport(
         ckpt.path, ckpt.format, loaded=[k for k in state if k not in result.unexpected_keys],
         missing=list(result.missing_keys), unexpected=list(result.unexpected_keys), dropped=dropped,
@@ -295,6 +295,20 @@ def load_pretrained(
             raise CheckpointError(f"{ckpt.path}: keys missing from the checkpoint: {', '.join(bad)} "
                                   f"(only {', '.join(allowed_missing)} may be missing)")
     return report
+
+
+def load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> Any:
+    """`model.load_state_dict(state, strict=False)`; a model built on the meta device (no weights yet) takes the
+    checkpoint's tensors as its own, in its dtypes, and every one of its weights must come from `state`."""
+    target = model.state_dict()
+    if not any(tensor.is_meta for tensor in target.values()):
+        return model.load_state_dict(state, strict=False)
+    state = {k: v.to(target[k].dtype) if k in target else v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False, assign=True)
+    empty = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if empty:
+        raise CheckpointError(f"{source}: keys missing from the checkpoint: {compact_key_list(empty)}")
+    return result
 
 
 def load_model(
@@ -317,6 +331,9 @@ def load_model(
     if not keep_head:
         config["num_classes"] = 0
     config.update(overrides)
-    model = vit_from_config(config)
+    with torch.device("meta"):  # no random initialisation, most of the time of a load, where the checkpoint has it all
+        model = vit_from_config(config)
+    if set(model.state_dict()) - set(state):  # e.g. detectron2's encoder has no final norm: initialise as usual
+        model = vit_from_config(config)
     return model, load_pretrained(model, ckpt, drop_head=not keep_head)
 

@@ -81,7 +81,8 @@ class Attention(nn.Module):
         if table_grid is not None:
             offsets = (2 * table_grid[0] - 1) * (2 * table_grid[1] - 1)
             self.relative_position_bias_table = nn.Parameter(torch.zeros(offsets + 3 * prefix_tokens, num_heads))
-            index = gen_relative_position_index(table_grid, class_token=prefix_tokens > 0)
+            with torch.device("cpu"):  # also when built on the meta device (load_model): no checkpoint holds it
+                index = gen_relative_position_index(table_grid, class_token=prefix_tokens > 0)
             self.table_tokens = prefix_tokens + table_grid[0] * table_grid[1]
             self.register_buffer("relative_position_index", index.flatten(), persistent=False)
 
