@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from backbone import FORMATS
 from benchmarks.harness.suite import SuiteError, expand_jobs, load_suite, resolve_suite
 from engine import load_config
 from pretrain.train import CONFIGS_DIR as PRETRAIN_CONFIGS
@@ -86,7 +87,7 @@ def test_duplicate_labels_and_bad_yaml(tmp_path, checkpoint):
         load_suite(tmp_path / "nowhere.yaml")
 
 
-@pytest.mark.parametrize("name", ["paper-table6", "ablations", "position-methods"])
+@pytest.mark.parametrize("name", ["paper-table6", "ablations", "position-methods", "zoo-vit-base"])
 def test_shipped_suites_are_valid_once_their_checkpoints_exist(name, tmp_path, monkeypatch):
     path = resolve_suite(name)
     monkeypatch.chdir(tmp_path)
@@ -99,9 +100,14 @@ def test_shipped_suites_are_valid_once_their_checkpoints_exist(name, tmp_path, m
             checkpoint.touch()
     suite = load_suite(path)
     jobs = expand_jobs(suite)
-    assert all(c.reference for c in suite.checkpoints if "MAE+" not in c.label and "AdPE" not in c.label)
+    unreferenced = ("MAE+", "AdPE", "BEiT v2", "CAE", "DeiT III")  # no row of the DropPos paper's tables
+    assert all(c.reference for c in suite.checkpoints if not any(part in c.label for part in unreferenced))
     assert len(jobs) == sum(len(c.benchmarks or suite.benchmarks) for c in suite.checkpoints)
-    if name == "paper-table6":
+    if name == "zoo-vit-base":  # every family by its format name, each through the three recipes
+        assert {c.format for c in suite.checkpoints} == {
+            "droppos", "mae", "mocov3", "dino", "ibot", "beit", "simmim", "beitv2", "cae", "deit3"}
+        assert {c.format for c in suite.checkpoints} <= set(FORMATS) and len(jobs) == 10 * 3
+    elif name == "paper-table6":
         lrs = {j.checkpoint.label: next((a for a in j.args if a.startswith("optim.lr=")), None)
                for j in jobs if j.benchmark == "seg"}
         assert lrs == {"DropPos 200ep (ours)": None, "MAE 200ep (ours)": "optim.lr=0.0001",
