@@ -147,6 +147,39 @@ def resolve_extensions(options: dict[str, Any], state: dict[str, torch.Tensor] |
     return {key: found[key] if key in found and value == "auto" else value for key, value in options.items()}
 
 
+# What a checkpoint's architecture has beyond a recipe's model config: read from the weights (patch size, register
+# tokens, pre-norm, patch bias) or fixed by its format (activation, norm epsilon). Runs record them in their meta.
+CHECKPOINT_ARCH_KEYS = ("patch_size", "reg_tokens", "pre_norm", "patch_bias", "act_layer", "norm_eps")
+
+
+def checkpoint_architecture(options: dict[str, Any], ckpt: Checkpoint | None) -> dict[str, Any]:
+    """A recipe's model `options` completed by what `ckpt`'s encoder needs: "auto" extensions decided (see
+    `resolve_extensions`), then patch size, register tokens, pre-norm and patch bias from its weights and the
+    activation / norm epsilon its format fixes (or a run of ours recorded), where the recipe does not set them. A
+    recipe's patch size other than the checkpoint's is refused in one line naming the override."""
+    options = resolve_extensions(options, ckpt.state if ckpt else None)
+    if ckpt is None:
+        return options
+    found = dict(token_options(ckpt.state), **_fixed_options(ckpt))
+    proj = ckpt.state.get("patch_embed.proj.weight")
+    if proj is not None:
+        found["patch_size"] = proj.shape[-1]
+        if options.get("patch_size", found["patch_size"]) != found["patch_size"]:
+            raise CheckpointError(f"{ckpt.path}: patch size {found['patch_size']}, the model's "
+                                  f"{options['patch_size']}: set model.patch_size={found['patch_size']} (and an "
+                                  "input size that is a multiple of it)")
+    return {**found, **options}
+
+
+def _fixed_options(ckpt: Checkpoint) -> dict[str, Any]:
+    """The activation and norm epsilon `ckpt` was trained with, where it says: its format's (CLIP's QuickGELU), or
+    the model config our exports and runs record."""
+    if ckpt.format in TOWER_OPTIONS:
+        return dict(TOWER_OPTIONS[ckpt.format])
+    recorded = ckpt.meta.get("vit_config") or ckpt.meta.get("model") or {}
+    return {key: recorded[key] for key in ("act_layer", "norm_eps") if key in recorded}
+
+
 def token_options(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The ViT options of other families' embeddings that an encoder state dict shows, only where they differ from
     the default: DINOv2's register tokens (`reg_token`, 1 x count x width), CLIP's norm before the blocks

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.datasets import ImageFolder
 
 from backbone import VisionTransformer, adamw_layer_decay, build_vit, load_pretrained, read_checkpoint
-from backbone.checkpoint_load import resolve_extensions
+from backbone.checkpoint_load import CHECKPOINT_ARCH_KEYS, checkpoint_architecture
 from engine import build_train_runner, peak_lr
 from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
@@ -54,9 +54,11 @@ class ClassifierModel(DeviceLoggedModel):
 
 def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) -> VisionTransformer:
     """The ViT of `cfg.model` loaded from `cfg.ckpt`: a pre-trained encoder gets a fresh head (only head /
-    fc_norm may be missing), a fine-tuned checkpoint (`fine_tuned`) must supply every key, its head included."""
+    fc_norm may be missing), a fine-tuned checkpoint (`fine_tuned`) must supply every key, its head included. What
+    the encoder's architecture has beyond the recipe (DINOv2's registers and patch 14, CLIP's pre-norm and QuickGELU)
+    comes from the checkpoint (`checkpoint_architecture`)."""
     ckpt = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
-    kwargs = resolve_extensions(dict(cfg.model), ckpt.state if ckpt else None)
+    kwargs = checkpoint_architecture(dict(cfg.model), ckpt)
     size = kwargs.pop("size")
     set_random_seed(cfg.seed)
     net = build_vit(size, num_classes=num_classes, **kwargs)
@@ -68,6 +70,12 @@ def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) ->
         nn.init.trunc_normal_(net.head.weight, std=HEAD_INIT_STD)
         nn.init.zeros_(net.head.bias)
     return net
+
+
+def run_model_config(cfg: Config, net: VisionTransformer) -> dict[str, Any]:
+    """The model config a run records: the recipe's, with the classes and what the checkpoint added to it."""
+    taken = {key: net.config[key] for key in CHECKPOINT_ARCH_KEYS if key in net.config}
+    return dict(cfg.model, num_classes=net.config["num_classes"], **taken)
 
 
 def check_same_classes(train: ImageFolder, val: ImageFolder, root: str) -> None:
@@ -93,7 +101,7 @@ def build_finetune_runner(cfg: Config):
                                   cfg.optim.betas)
     model = ClassifierModel(net, build_mixup(cfg.aug, len(train.classes)), cfg.aug.smoothing, cfg.precision)
     hooks = [EMAHook(momentum=1 - cfg.ema.decay, update_buffers=False)] if cfg.ema.enabled else []
-    hooks.append(ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes))))
+    hooks.append(ModelMetaHook(MODEL_PREFIX, run_model_config(cfg, net)))
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg,
                                 validation=Validation(val, TopKAccuracy(), "top1"))

@@ -19,7 +19,14 @@ from engine.hooks import ModelMetaHook
 from engine.images import decode_tensor, eval_transform, image_folder, pretrain_transform
 from engine.runner import TrainSpec, Validation, train_from_config
 
-from .finetune import CONFIGS_DIR, MODEL_PREFIX, ClassifierModel, build_classifier, check_same_classes
+from .finetune import (
+    CONFIGS_DIR,
+    MODEL_PREFIX,
+    ClassifierModel,
+    build_classifier,
+    check_same_classes,
+    run_model_config,
+)
 from .metric import TopKAccuracy
 
 OPTIMIZERS = ("lars", "sgd")
@@ -74,7 +81,7 @@ def build_linprobe_runner(cfg):
     net.head = probe_head(net.embed_dim, len(train.classes))
     optimizer = probe_optimizer(cfg.optim, net.head, peak_lr(cfg.optim.base_lr, cfg.effective_batch))
     model = LinearProbe(net, mixup=None, smoothing=0.0, precision=cfg.precision)
-    hooks = [ModelMetaHook(MODEL_PREFIX, dict(cfg.model, num_classes=len(train.classes)))]
+    hooks = [ModelMetaHook(MODEL_PREFIX, run_model_config(cfg, net))]
     runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
                                 experiment_name=cfg.config_name, cfg=cfg,
                                 validation=Validation(val, TopKAccuracy(), "top1"))

@@ -58,7 +58,7 @@ class PositionProbe(DeviceLoggedModel):
         x = self.net.patch_embed(images).flatten(1, 2)
         batch, num = x.shape[:2]
         dropped = random_mask(batch, num, num - self.num_dropped(num), x.device, generator)
-        patch_pos = self.net.pos_embed[:, self.net.num_prefix_tokens:]
+        patch_pos = self.net.pos_embed[:, self.net.num_pos_prefix_tokens:]  # registers have no position
         pos = torch.where(dropped.unsqueeze(-1), self.mask_pos_token.to(x.dtype), patch_pos)
         tokens = self.net.encode_patches(x + pos)[:, self.net.num_prefix_tokens:]
         return self.head(tokens), dropped

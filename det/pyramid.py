@@ -10,6 +10,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from backbone import VIT_SIZES, VisionTransformer, ViTDetViT, build_vit
+from engine.errors import UserInputError
 
 LEVEL_NAMES = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
@@ -38,7 +39,9 @@ def resampler(dim: int, factor: float) -> tuple[nn.Module, int]:
         return nn.Identity(), dim
     if factor < 1 and (1 / factor).is_integer():
         return nn.MaxPool2d(int(1 / factor)), dim
-    raise ValueError(f"no simple-pyramid resampling by {factor}; expected 4, 2, 1 or 1/k")
+    raise UserInputError(f"ViTDet's simple feature pyramid has no resampling by {factor} (strides 4-32 from patch "
+                         f"{factor * 4:g}): patch sizes 4, 8 and 16 fit it, a patch-14 checkpoint (DINOv2) does "
+                         "not")
 
 
 def resampler_layers(patch_size: int) -> list[int]:
@@ -89,11 +92,11 @@ class ViTDetBackbone(nn.Module):
 def build_vitdet_backbone(size: str, img_size: int = 1024, window_size: int = 14, drop_path_rate: float = 0.1,
                           out_channels: int = 256, **vit_kwargs) -> ViTDetBackbone:
     """ViTDet's ViT (no [CLS] token and no final norm, windows except in global_blocks(depth), decomposed relative
-    position bias, LayerNorm eps 1e-6, trainable pos embed on the pre-training grid) with its pyramid; keyword
-    arguments override the ViT's settings (e.g. depth for tests, pretrain_img_size)."""
+    position bias, LayerNorm eps 1e-6 unless given, trainable pos embed on the pre-training grid) with its pyramid;
+    keyword arguments override the ViT's settings (e.g. depth for tests, pretrain_img_size)."""
     vit_kwargs.setdefault("global_blocks", global_blocks(vit_kwargs.get("depth", VIT_SIZES[size]["depth"])))
     vit_kwargs.setdefault("pos_embed_trainable", True)
+    vit_kwargs.setdefault("norm_eps", 1e-6)  # a checkpoint's own (CLIP's 1e-5) where it fixes one
     net = build_vit(size, ViTDetViT, img_size=img_size, class_token=False, global_pool="", num_classes=0,
-                    window_size=window_size, use_rel_pos=True, drop_path_rate=drop_path_rate, norm_eps=1e-6,
-                    **vit_kwargs)
+                    window_size=window_size, use_rel_pos=True, drop_path_rate=drop_path_rate, **vit_kwargs)
     return ViTDetBackbone(net, out_channels)

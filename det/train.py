@@ -14,7 +14,7 @@ from torch import nn
 
 from backbone import Checkpoint, adamw_layer_decay, load_pretrained, read_checkpoint
 from backbone.checkpoint import strip_prefix
-from backbone.checkpoint_load import resolve_extensions
+from backbone.checkpoint_load import checkpoint_architecture
 from engine import build_train_runner
 from engine.errors import UserInputError
 from engine.hooks import ModelMetaHook
@@ -38,14 +38,15 @@ def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> Vi
     position tables may be missing). `pretrained=False` leaves loading to the caller (det eval)."""
     state = read_detector(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
     encoder = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt and state is None else None
-    backbone_state = encoder.state if encoder else strip_prefix(state or {}, BACKBONE_PREFIX)
-    kwargs = resolve_extensions(dict(cfg.model), backbone_state)
+    backbone = encoder or (Checkpoint(cfg.ckpt, "detector", strip_prefix(state, BACKBONE_PREFIX)) if state else None)
+    kwargs = checkpoint_architecture(dict(cfg.model), backbone)
+    kwargs.pop("reg_tokens", None)  # ViTDet has no prefix tokens: registers go as [CLS] does
     set_random_seed(cfg.seed)
     model = build_mask_rcnn(num_classes, kwargs.pop("size"), precision=cfg.precision, **kwargs)
     if not (cfg.ckpt and pretrained):
         return model
     if state is None:
-        report = load_pretrained(model.backbone.net, without_relative_tables(encoder),
+        report = load_pretrained(model.backbone.net, vitdet_encoder(encoder),
                                  allowed_missing=("rel_pos_h", "rel_pos_w"))
         log.info("%s", report)
         return model
@@ -58,14 +59,20 @@ def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> Vi
     return model
 
 
-def without_relative_tables(encoder: Checkpoint) -> Checkpoint:
-    """The encoder without BEiT-style relative position tables (BEiT, data2vec): ViTDet's windows and global blocks
-    use relative positions of their own (rel_pos_h / rel_pos_w, started at zero), as ViTDet fine-tunes BEiT."""
+def vitdet_encoder(encoder: Checkpoint) -> Checkpoint:
+    """The encoder without BEiT-style relative position tables (BEiT, data2vec) and register tokens (DINOv2): ViTDet's
+    windows and global blocks use relative positions of their own (rel_pos_h / rel_pos_w, started at zero), as ViTDet
+    fine-tunes BEiT, and its tokens are the patches alone, as it drops [CLS]."""
     tables = [key for key in encoder.state if key.endswith("attn.relative_position_bias_table")]
-    if not tables:
+    registers = [key for key in encoder.state if key == "reg_token"]
+    if tables:
+        log.info("%s: its %d relative position tables are left out: ViTDet adds its own", encoder.path, len(tables))
+    if registers:
+        log.info("%s: its %d register tokens are left out: ViTDet has no prefix tokens", encoder.path,
+                 encoder.state["reg_token"].shape[1])
+    if not tables + registers:
         return encoder
-    log.info("%s: its %d relative position tables are left out: ViTDet adds its own", encoder.path, len(tables))
-    return replace(encoder, state={k: v for k, v in encoder.state.items() if k not in tables})
+    return replace(encoder, state={k: v for k, v in encoder.state.items() if k not in tables + registers})
 
 
 def vitdet_adamw(model: ViTDetMaskRCNN, lr: float, weight_decay: float, layer_decay: float,

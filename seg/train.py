@@ -12,7 +12,7 @@ from mmengine.runner import set_random_seed
 
 from backbone import VIT_SIZES, adamw_layer_decay, load_pretrained
 from backbone.checkpoint import read_checkpoint
-from backbone.checkpoint_load import resolve_extensions
+from backbone.checkpoint_load import checkpoint_architecture
 from engine import build_train_runner
 from engine.hooks import ModelMetaHook
 from engine.runner import TrainSpec, Validation, train_from_config
@@ -32,9 +32,10 @@ log = logging.getLogger("droppos_bench")
 def build_segmentor(cfg: Config, num_classes: int, pretrained: bool = True) -> SegEncoderDecoder:
     """UperNet of `cfg.model` on our ViT, its backbone loaded from the pre-trained encoder `cfg.ckpt` if set and
     `pretrained` (pos embed resampled to the crop grid; only relative position tables and layer scales may be
-    missing); `pretrained=False` when `cfg.ckpt` holds a whole trained segmentor (seg eval)."""
+    missing; registers, pre-norm, activation and patch size as the checkpoint has them, registers dropped from the
+    feature maps); `pretrained=False` when `cfg.ckpt` holds a whole trained segmentor (seg eval)."""
     ckpt = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
-    options = resolve_extensions(dict(cfg.model), ckpt.state if ckpt else None)
+    options = checkpoint_architecture(dict(cfg.model), ckpt)
     heads = {key: options.pop(key) for key in HEAD_OPTIONS}
     width = options.get("embed_dim", VIT_SIZES[options["size"]]["embed_dim"])
     set_random_seed(cfg.seed)
