@@ -57,7 +57,7 @@ def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) ->
     fc_norm may be missing), a fine-tuned checkpoint (`fine_tuned`) must supply every key, its head included. What
     the encoder's architecture has beyond the recipe (DINOv2's registers and patch 14, CLIP's pre-norm and QuickGELU)
     comes from the checkpoint (`checkpoint_architecture`)."""
-    ckpt = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
+    ckpt = read_checkpoint(cfg.ckpt, cfg.ckpt_format, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
     kwargs = checkpoint_architecture(dict(cfg.model), ckpt)
     size = kwargs.pop("size")
     set_random_seed(cfg.seed)

@@ -94,7 +94,7 @@ def build_posprobe_runner(cfg):
     """Frozen encoder from `cfg.ckpt` (pre-trained or fine-tuned; architecture from its weights), the probe, AdamW."""
     if not cfg.ckpt:
         raise UserInputError("cls posprobe needs ckpt=PATH (the backbone to probe)")
-    net, report = load_model(cfg.ckpt, allow_pickle=cfg.allow_pickle, img_size=cfg.model.img_size)
+    net, report = load_model(cfg.ckpt, cfg.ckpt_format, allow_pickle=cfg.allow_pickle, img_size=cfg.model.img_size)
     img_size = cfg.model.img_size
     train = image_folder(cfg.data.root, "train", pretrain_transform(img_size, cfg.data.crop_scale),
                          cfg.data.skip_invalid, decode=decode_tensor)

@@ -36,8 +36,9 @@ def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> Vi
     detectron2's) loads entirely, or all but its class-specific predictors when it was trained on another number of
     classes; a pre-trained encoder loads into the ViT (pos embed resampled to the input grid; only ViTDet's relative
     position tables may be missing). `pretrained=False` leaves loading to the caller (det eval)."""
-    state = read_detector(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
-    encoder = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt and state is None else None
+    fmt = cfg.ckpt_format
+    state = read_detector(cfg.ckpt, fmt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
+    encoder = read_checkpoint(cfg.ckpt, fmt, allow_pickle=cfg.allow_pickle) if cfg.ckpt and state is None else None
     backbone = encoder or (Checkpoint(cfg.ckpt, "detector", strip_prefix(state, BACKBONE_PREFIX)) if state else None)
     kwargs = checkpoint_architecture(dict(cfg.model), backbone)
     kwargs.pop("reg_tokens", None)  # ViTDet has no prefix tokens: registers go as [CLS] does

@@ -34,7 +34,7 @@ def build_segmentor(cfg: Config, num_classes: int, pretrained: bool = True) -> S
     `pretrained` (pos embed resampled to the crop grid; only relative position tables and layer scales may be
     missing; registers, pre-norm, activation and patch size as the checkpoint has them, registers dropped from the
     feature maps); `pretrained=False` when `cfg.ckpt` holds a whole trained segmentor (seg eval)."""
-    ckpt = read_checkpoint(cfg.ckpt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
+    ckpt = read_checkpoint(cfg.ckpt, cfg.ckpt_format, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
     options = checkpoint_architecture(dict(cfg.model), ckpt)
     heads = {key: options.pop(key) for key in HEAD_OPTIONS}
     width = options.get("embed_dim", VIT_SIZES[options["size"]]["embed_dim"])

@@ -375,6 +375,8 @@ def _arguments(words: tuple[str, ...], benchmark: Benchmark, checkpoint: Checkpo
     overrides = {"data.root": root, **benchmark.overrides, **checkpoint.overrides.get(benchmark.name, {})}
     if model is not None:
         overrides["ckpt"] = model
+    if model is not None and model == checkpoint.path and checkpoint.format != "auto":
+        overrides["ckpt_format"] = checkpoint.format  # a prerequisite's run is read as what it is (auto)
     return (*words, benchmark.config, *(f"{key}={_cli_value(value)}" for key, value in overrides.items()))
 
 

@@ -124,6 +124,18 @@ def test_classification_from_dinov2_and_clip(releases, data):
         assert torch.equal(net.eval().forward_feature_maps(x, [3])[0], reference.eval().forward_feature_maps(x, [3])[0])
 
 
+def test_a_release_file_named_by_ckpt_format_needs_no_conversion(releases, data):
+    """A CLIP file does not say its activation: `ckpt_format=clip` (a suite's `format:`) reads it as released."""
+    root, _, _, clip = releases
+    cfg = load_config("finetune_tiny_synth", {"data.root": str(data), "ckpt": str(root / "clip.pt"),
+                                              "ckpt_format": "clip", "model.img_size": 64}, configs_dir=CLS_CONFIGS)
+    net = build_classifier(cfg, 8)
+    assert isinstance(net.blocks[0].mlp.act, QuickGELU) and torch.equal(net.norm_pre.weight, clip["norm_pre.weight"])
+    with pytest.raises(CheckpointError, match="clip"):
+        build_classifier(load_config("finetune_tiny_synth", {"data.root": str(data), "ckpt": str(root / "clip.pt"),
+                                                             "model.img_size": 64}, configs_dir=CLS_CONFIGS), 8)
+
+
 def test_position_probe_reads_patch_positions_past_cls_only(releases):
     net, _ = load_model(releases[0] / "dinov2.pth", img_size=56)
     probe = PositionProbe(net, drop_ratio=0.0, seed=0).eval()

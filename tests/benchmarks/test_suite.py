@@ -124,6 +124,20 @@ def test_shipped_suites_are_valid_once_their_checkpoints_exist(name, tmp_path, m
             "cls.finetune", "posacc", "det", "seg"}
 
 
+def test_a_named_format_reaches_the_jobs_that_read_the_file(tmp_path, checkpoint):
+    """`format:` is passed on as ckpt_format to the jobs that read the checkpoint file, not to a job that reads
+    another job's training run (the fine-tuned model of Tab. 7's second probe)."""
+    suite_text = GOOD.format(ckpt=checkpoint).replace("    epochs: 200\n", "    epochs: 200\n    format: beit\n", 1)
+    classification = ("benchmarks:\n  - {name: cls.finetune, config: finetune_tiny_synth}\n"
+                      "  - {name: cls.posprobe_finetuned, config: posprobe_tiny_synth}\n")
+    suite_text = suite_text.replace("benchmarks:\n", classification, 1)
+    jobs = {(j.checkpoint.label, j.benchmark): j for j in expand_jobs(load_suite(write(tmp_path, suite_text)))}
+    assert "ckpt_format=beit" in jobs["DropPos 200ep (ours)", "cls.finetune"].args
+    assert "ckpt_format=beit" in jobs["DropPos 200ep (ours)", "seg"].args
+    assert not any(a.startswith("ckpt_format=") for a in jobs["DropPos 200ep (ours)", "cls.posprobe_finetuned"].args)
+    assert not any(a.startswith("ckpt_format=") for a in jobs["random init", "seg"].args)
+
+
 def test_a_rewritten_checkpoint_is_a_new_job(tmp_path, checkpoint):
     path = write(tmp_path, GOOD.format(ckpt=checkpoint))
     before = expand_jobs(load_suite(path))[0].job_id

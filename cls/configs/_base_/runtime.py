@@ -3,6 +3,7 @@
 data = dict(skip_invalid=False)
 # BEiT-style relative position tables and layer scales: "auto" builds them where the checkpoint has them
 model = dict(rel_pos_bias="auto", layer_scale_init="auto")
+ckpt_format = "auto"  # its release format (`droppos-bench convert --help` lists them); "auto": detected from its keys
 allow_pickle = False  # allow checkpoints that need arbitrary Python objects (only files you trust)
 require_gpu = True  # stop at start when torch sees no GPU (a recipe sized for GPUs); False runs on the CPU
 precision = "bf16"  # autocast in training and evaluation; "fp32" to turn it off

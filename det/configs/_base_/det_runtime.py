@@ -1,6 +1,7 @@
 # ViTDet Mask R-CNN on COCO 2017 (paper supplementary A; ViTDet's recipe). Override any key on the command line:
 #   droppos-bench det train mask_rcnn_vit_base_1x ckpt=encoder.safetensors data.root=/data/coco
 ckpt = None  # pre-trained encoder (any supported format); None trains the backbone from random init
+ckpt_format = "auto"  # its release format (`droppos-bench convert --help` lists them); "auto": detected from its keys
 allow_pickle = False  # allow checkpoints that need arbitrary Python objects (only files you trust)
 data = dict(
     root="data/coco",  # annotations/instances_{train,val}2017.json, train2017/, val2017/

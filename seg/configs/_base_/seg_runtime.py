@@ -2,6 +2,7 @@
 # on the command line:
 #   droppos-bench seg train upernet_vit_base_80k ckpt=encoder.safetensors data.root=/data/ADEChallengeData2016
 ckpt = None  # pre-trained encoder (any supported format); None trains the backbone from random init
+ckpt_format = "auto"  # its release format (`droppos-bench convert --help` lists them); "auto": detected from its keys
 allow_pickle = False  # allow checkpoints that need arbitrary Python objects (only files you trust)
 data = dict(
     root="data/ade/ADEChallengeData2016",  # images/{training,validation}/*.jpg, annotations/.../*.png
