@@ -27,12 +27,13 @@ import torch
 from mmengine.dataset import pseudo_collate
 
 from backbone import VIT_SIZES, adamw_layer_decay
+from backbone.checkpoint_load import resolve_extensions
 from benchmarks.synthetic import synthesize
 from benchmarks.timing import best_rates, hardware, report_host_syncs, step_parser
 from engine import DeviceOptimWrapper, load_config
 from seg.data import build_seg_dataset
 from seg.model import SegEncoderDecoder, build_mmseg_model, upernet_config
-from seg.train import BACKBONE_PREFIX, CONFIGS_DIR, resolve_extensions
+from seg.train import BACKBONE_PREFIX, CONFIGS_DIR
 
 MMSEG_INFERENCE_IMAGES_PER_SECOND = 1 / 0.140  # MAE ViT-B UperNet, 512 x 512 recipe, one V100
 MMSEG_TRAIN_MEMORY_GB = 9.96  # per V100 at batch 2
