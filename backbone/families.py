@@ -249,16 +249,17 @@ FAMILY_STEPS = {
 }
 
 
-def check_layout(state: State, family: str) -> None:
-    """Refuse a converted state with keys outside our layout or blocks without their weights, naming the family it
-    was read as (the closest supported one when detected) and what differs."""
-    unknown = [k for k in state if not OUR_LAYOUT.fullmatch(k)]
+def check_layout(state: State, family: str, layout: re.Pattern = OUR_LAYOUT, name: str | None = None) -> None:
+    """Refuse a converted state with keys outside `layout` (our encoder's; a family with more parts passes its own)
+    or blocks without their weights, naming the family it was read as (the closest supported one when detected;
+    `name` where FAMILY_NAMES does not hold it) and what differs."""
+    unknown = [k for k in state if not layout.fullmatch(k)]
     blocks = sorted({k.split(".")[1] for k in state if k.startswith("blocks.")})
     missing = [f"blocks.{i}.{name}" for i in blocks for name in BLOCK_KEYS if f"blocks.{i}.{name}" not in state]
-    if not state or "patch_embed.proj.weight" not in state:
+    if "patch_embed.proj.weight" not in state:
         missing.insert(0, "patch_embed.proj.weight")
     if unknown or missing:
-        name = FAMILY_NAMES[family]
+        name = name or FAMILY_NAMES[family]
         raise FamilyError(
             f"not a {name} checkpoint of a supported layout (closest supported family: {family!r}, {name}): "
             f"{len(unknown)} keys of no known layout ({compact_key_list(unknown) or '-'}), "

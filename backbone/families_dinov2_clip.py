@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .families import BLOCK_KEYS, OUR_LAYOUT, FamilyError, compact_key_list, detect_family
+from .families import OUR_LAYOUT, FamilyError, check_layout, compact_key_list, detect_family
 
 TOWER_HELP = {
     "dinov2": "DINOv2 hub release (dinov2_vit*14[_reg4]_pretrain.pth): flat state dict, layer scale ls1 / ls2, "
@@ -106,7 +106,7 @@ def read_tower(obj: Any, fmt: str) -> tuple[State, list[str]]:
         raise FamilyError(f"format {fmt!r} expects a dict, the file holds a {type(obj).__name__}")
     try:
         state, notes = _dinov2(_flat_state(obj)) if fmt == "dinov2" else _clip(_flat_state(obj), fmt)
-        _check_layout(state, fmt)
+        check_layout(state, fmt, TOWER_LAYOUT, TOWER_NAMES[fmt])
     except FamilyError as err:
         guess = detect_family(obj) or detect_tower(obj)
         other = guess is not None and guess != fmt and {guess, fmt} != {"clip", "openclip"}
@@ -168,18 +168,3 @@ def _clip(state: dict, fmt: str) -> tuple[State, list[str]]:
     if text:
         notes.append(f"text tower and CLIP's other parts left out: {compact_key_list(text)}")
     return converted, notes
-
-
-def _check_layout(state: State, fmt: str) -> None:
-    """Refuse keys outside our layout and blocks without their weights, naming the family and what differs."""
-    unknown = [k for k in state if not TOWER_LAYOUT.fullmatch(k)]
-    blocks = sorted({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    missing = [f"blocks.{i}.{name}" for i in blocks for name in BLOCK_KEYS if f"blocks.{i}.{name}" not in state]
-    if "patch_embed.proj.weight" not in state:
-        missing.insert(0, "patch_embed.proj.weight")
-    if unknown or missing:
-        name = TOWER_NAMES[fmt]
-        raise FamilyError(
-            f"not a {name} checkpoint of a supported layout (closest supported family: {fmt!r}, {name}): "
-            f"{len(unknown)} keys of no known layout ({compact_key_list(unknown) or '-'}), {len(missing)} missing "
-            f"({compact_key_list(missing) or '-'}); a variant or another family this loader does not read")
