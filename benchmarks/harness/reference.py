@@ -23,6 +23,7 @@ from engine.errors import UserInputError
 METRICS = (
     "ft_top1", "position", "APb", "APb50", "APb75", "APm", "APm50", "APm75", "mIoU", "aAcc",
     "ft_top1_vitl", "posprobe_pretrained", "posprobe_finetuned",
+    "knn_top1", "linear_top1", "linseg_mIoU", "linseg_aAcc",  # the frozen-backbone protocols, not in the paper
 )
 ABLATION_COLUMNS = ("ft_top1", "position", "APb", "APb50", "APb75", "APm", "APm50", "APm75", "mIoU", "aAcc")
 DOWNSTREAM_COLUMNS = ("APb", "APb50", "APb75", "APm", "APm50", "APm75", "mIoU", "aAcc")
@@ -41,6 +42,15 @@ class PaperTable:
     columns: tuple[str, ...]
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
     default_row: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportedRow:
+    """Numbers a checkpoint's own release paper reports ({metric: percent}), cited by `source` (paper and table):
+    the report prints them as a row under the checkpoint's, never as the DropPos paper's."""
+
+    source: str
+    values: dict[str, float]
 
 
 def _table(key: str, title: str, row_header: str, columns: tuple[str, ...],

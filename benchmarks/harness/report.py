@@ -1,10 +1,11 @@
 """Reports of our results beside the paper's numbers: Markdown, CSV, LaTeX, PNG plots and one offline HTML page.
 
 A cell reads `ours (paper, delta)`. The delta is taken between the two numbers as printed (2 decimals), so
-the three printed numbers always agree. A synthetic suite's results (tiny models) go into tables of their own,
-without the paper's numbers. A suite's chance levels are a row of each table with those metrics and a dashed line
-in its bar charts. Every writer goes through a temporary file, so a reader (a browser refreshing the page, a CI job
-collecting artefacts) never sees half a report.
+the three printed numbers always agree. What a checkpoint's own release paper reports (a suite's `reported:`) is a
+row of its own under the checkpoint's, labelled with its source. A synthetic suite's results (tiny models) go into
+tables of their own, without the paper's numbers. A suite's chance levels are a row of each table with those metrics
+and a dashed line in its bar charts. Every writer goes through a temporary file, so a reader (a browser refreshing
+the page, a CI job collecting artefacts) never sees half a report.
 """
 from __future__ import annotations
 
@@ -23,18 +24,27 @@ from matplotlib.figure import Figure
 
 from engine.safe_io import write_bytes_atomic
 
-from .reference import METRICS, POSITION_GRID_GAMMA, POSITION_GRID_GAMMA_POS, TABLES, PaperTable, parse_reference
+from .reference import (
+    METRICS,
+    POSITION_GRID_GAMMA,
+    POSITION_GRID_GAMMA_POS,
+    TABLES,
+    PaperTable,
+    ReportedRow,
+    parse_reference,
+)
 from .suite import slug
 
 OTHER_KEY = "other"
 SYNTHETIC_KEY = "synthetic"
-LEGEND = "Cells: ours (paper, ours - paper); '- (paper)' where we have no value; '-' where neither has one."
+LEGEND = ("Cells: ours (paper, ours - paper); '- (paper)' where we have no value; '-' where neither has one. Rows "
+          "'reported in ...': the release's own paper, its recipe, as cited.")
 SYNTHETIC_NOTE = ("Note: these numbers come from tiny models and/or synthetic data. They can show an effect at toy "
                   "scale, never a reproduction of the paper's numbers.")
 SYNTHETIC_TITLE = "Synthetic data, tiny models (not comparable with the paper)"
 SYNTHETIC_LEGEND = "Cells: our value; '-' where not measured. No paper numbers: tiny models are not comparable."
 CHANCE_LABEL = "chance level"
-CSV_FIELDS = ("table", "label", "reference", "metric", "ours", "paper", "delta")
+CSV_FIELDS = ("table", "label", "reference", "metric", "ours", "paper", "delta", "source")
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
@@ -50,6 +60,12 @@ class Result:
     metrics: dict[str, float]
     grids: dict[str, list[list[float]]] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # benchmark -> (step, training loss)
+    reported: tuple[ReportedRow, ...] = ()  # what the checkpoint's release paper reports
+
+    @property
+    def shown_metrics(self) -> set[str]:
+        """The metrics this result puts in a table: measured or reported."""
+        return set(self.metrics).union(*(row.values for row in self.reported))
 
 
 def _ordered_metrics(keys: Iterable[str]) -> tuple[str, ...]:
@@ -71,7 +87,7 @@ def paper_tables(results: Sequence[Result]) -> list[tuple[PaperTable, list[Resul
     tables = []
     for table in [*TABLES.values(), PaperTable(OTHER_KEY, "Other checkpoints", "checkpoint", ())]:
         if table.key in grouped:
-            measured = _ordered_metrics(m for result in grouped[table.key] for m in result.metrics)
+            measured = _ordered_metrics(m for result in grouped[table.key] for m in result.shown_metrics)
             extra = tuple(m for m in measured if m not in table.columns)
             tables.append((replace(table, columns=table.columns + extra), grouped[table.key]))
     return tables
@@ -84,7 +100,7 @@ def report_tables(results: Sequence[Result], synthetic: bool = False) -> list[tu
         return paper_tables(results)
     if not results:
         return []
-    columns = _ordered_metrics(m for result in results for m in result.metrics)
+    columns = _ordered_metrics(m for result in results for m in result.shown_metrics)
     table = PaperTable(SYNTHETIC_KEY, SYNTHETIC_TITLE, "checkpoint", columns)
     return [(table, [replace(result, reference=None) for result in results])]
 
@@ -133,10 +149,24 @@ def _pairs(table: PaperTable, result: Result) -> list[tuple[float | None, float 
     return [(result.metrics.get(metric), _paper_value(result, metric)) for metric in table.columns]
 
 
-def _text_rows(table: PaperTable, results: Sequence[Result]) -> list[list[str]]:
-    """The cells of one table as text, shared by the Markdown and HTML renderings."""
-    return [[_row_label(result), *(format_cell(ours, paper) for ours, paper in _pairs(table, result))]
-            for result in results]
+def _reported_rows(table: PaperTable, result: Result) -> list[ReportedRow]:
+    """The result's reported rows with a value in one of the table's columns."""
+    return [row for row in result.reported if any(metric in row.values for metric in table.columns)]
+
+
+def _reported_label(result: Result, row: ReportedRow) -> str:
+    return f"{result.label}: reported in {row.source}"
+
+
+def _text_rows(table: PaperTable, results: Sequence[Result]) -> list[tuple[bool, list[str]]]:
+    """(is a reported row, cells as text) of one table, shared by the Markdown and HTML renderings."""
+    rows = []
+    for result in results:
+        rows.append((False, [_row_label(result), *(format_cell(ours, paper) for ours, paper in _pairs(table, result))]))
+        rows += [(True, [_reported_label(result, row), *(format_cell(row.values.get(metric), None)
+                                                          for metric in table.columns)])
+                 for row in _reported_rows(table, result)]
+    return rows
 
 
 def _markdown_row(cells: Sequence[str]) -> str:
@@ -157,7 +187,7 @@ def render_markdown(results: Sequence[Result], title: str = "droppos-bench repor
     for table, members in report_tables(results, synthetic):
         header = _header(table)
         lines += [f"## {table.title}", "", _markdown_row(header), _markdown_row(["---"] * len(header))]
-        lines += [_markdown_row(row) for row in _text_rows(table, members)]
+        lines += [_markdown_row(row) for _, row in _text_rows(table, members)]
         if levels := _chance_levels(table, chance):
             lines.append(_markdown_row(_chance_text(levels)))
         lines += ["", _legend(table), ""]
@@ -165,8 +195,9 @@ def render_markdown(results: Sequence[Result], title: str = "droppos-bench repor
 
 
 def render_csv(results: Sequence[Result], synthetic: bool = False, chance: Mapping[str, float] | None = None) -> str:
-    """Long format, one line per table cell (table, label, reference, metric, ours, paper, delta); empty = none.
-    A chance level is a line labelled "chance level" with the level as `ours`, one per metric that has one."""
+    """Long format, one line per table cell (table, label, reference, metric, ours, paper, delta, source); empty =
+    none. A chance level is a line labelled "chance level" with the level as `ours`, one per metric that has one. A
+    reported number is a line of the checkpoint's label with the number as `paper` and its `source`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
@@ -175,10 +206,14 @@ def render_csv(results: Sequence[Result], synthetic: bool = False, chance: Mappi
             for metric, (ours, paper) in zip(table.columns, _pairs(table, result), strict=True):
                 delta = "" if ours is None or paper is None else f"{_printed_delta(ours, paper):.2f}"
                 writer.writerow([table.key, result.label, result.reference or "", metric,
-                                 "" if ours is None else ours, "" if paper is None else paper, delta])
+                                 "" if ours is None else ours, "" if paper is None else paper, delta, ""])
+            for row in _reported_rows(table, result):
+                for metric in table.columns:
+                    if metric in row.values:
+                        writer.writerow([table.key, result.label, "", metric, "", row.values[metric], "", row.source])
         for metric in table.columns:
             if chance and metric in chance:
-                writer.writerow([table.key, CHANCE_LABEL, "", metric, chance[metric], "", ""])
+                writer.writerow([table.key, CHANCE_LABEL, "", metric, chance[metric], "", "", ""])
     return buffer.getvalue()
 
 
@@ -203,6 +238,10 @@ def render_latex(results: Sequence[Result], synthetic: bool = False, chance: Map
         for result in members:
             cells = [_latex_escape(_row_label(result)), *(_latex_cell(o, p) for o, p in _pairs(table, result))]
             lines.append(" & ".join(cells) + r" \\")
+            for row in _reported_rows(table, result):
+                cells = [_latex_escape(_reported_label(result, row)),
+                         *(_latex_cell(row.values.get(metric), None) for metric in table.columns)]
+                lines.append(" & ".join(r"\textit{" + cell + "}" for cell in cells) + r" \\")
         if levels := _chance_levels(table, chance):
             lines += [r"\midrule", " & ".join([CHANCE_LABEL, *(_latex_cell(level, None) for level in levels)]) + r" \\"]
         lines += [r"\bottomrule", r"\end{tabular}"]
@@ -230,6 +269,7 @@ def _percent_top(results: Sequence[Result], metrics: Sequence[str], chance: Mapp
     """The top of a y axis every bar chart of `results` shares, with room for the bar labels."""
     values = [value for result in results for value in result.metrics.values()]
     values += [value for result in results for m in metrics if (value := _paper_value(result, m)) is not None]
+    values += [value for result in results for row in result.reported for value in row.values.values()]
     values += [chance[m] for m in metrics if m in chance]
     return 1.15 * max(values, default=0.0) or 1.0
 
@@ -237,7 +277,7 @@ def _percent_top(results: Sequence[Result], metrics: Sequence[str], chance: Mapp
 def plot_metric_bars(results: Sequence[Result], out_dir: str | os.PathLike, chance: Mapping[str, float] | None = None,
                      size: tuple[float, float] = (6.0, 4.0)) -> list[Plot]:
     """One bar chart per measured metric, all on one y range so their bars compare: our checkpoints as bars, the
-    paper's value as a diamond, the chance level as a dashed line."""
+    paper's value as a diamond, a release paper's reported value as a triangle, the chance level as a dashed line."""
     chance = chance or {}
     metrics = _ordered_metrics(m for result in results for m in result.metrics)
     top = _percent_top(results, metrics, chance)
@@ -256,6 +296,12 @@ def plot_metric_bars(results: Sequence[Result], out_dir: str | os.PathLike, chan
             ax.scatter(*zip(*papers, strict=True), marker="D", color="tab:orange", edgecolor="black", zorder=3,
                        label="paper")
             shown.append("paper (diamonds)")
+        reported = [(x, row.values[metric]) for x, result in zip(xs, measured, strict=True)
+                    for row in result.reported if metric in row.values]
+        if reported:
+            ax.scatter(*zip(*reported, strict=True), marker="^", color="tab:green", edgecolor="black", zorder=3,
+                       label="reported by the release")
+            shown.append("reported by the release's paper (triangles)")
         if metric in chance:
             ax.axhline(chance[metric], color="tab:red", linestyle="--", linewidth=1.2, label="chance")
             shown.append(f"chance level {chance[metric]:.2f} (dashed)")
@@ -328,6 +374,7 @@ def plot_table(table: PaperTable, members: Sequence[Result], out_dir: str | os.P
 PAGE_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
               "th,td{border:1px solid #bbb;padding:.25em .6em;text-align:right}"
               "th:first-child,td:first-child{text-align:left}tr.chance td{font-style:italic;color:#555}"
+              "tr.reported td{font-style:italic;color:#264}"
               ".plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1em;margin:1em 0}"
               "figure{margin:0}figure img{display:block;width:100%;height:auto}"
               "figcaption{font-size:.85em;color:#333;margin-top:.3em}")
@@ -361,7 +408,8 @@ def render_html(results: Sequence[Result], plots: Mapping[str, Sequence[Plot]] |
         parts.append(f"<p><strong>{html.escape(SYNTHETIC_NOTE)}</strong></p>")
     for table, members in report_tables(results, synthetic):
         parts += [f"<h2>{html.escape(table.title)}</h2>", "<table>", _html_row(_header(table), "th")]
-        parts += [_html_row(row) for row in _text_rows(table, members)]
+        parts += [_html_row(row, attributes=' class="reported"' if reported else "")
+                  for reported, row in _text_rows(table, members)]
         if levels := _chance_levels(table, chance):
             parts.append(_html_row(_chance_text(levels), attributes=' class="chance"'))
         parts += ["</table>", f"<p>{html.escape(_legend(table))}</p>", *_figures((plots or {}).get(table.key, ()))]

@@ -143,7 +143,7 @@ def suite_results(suite: Suite) -> list[Result]:
                 metrics.update(values)
                 if curve := loss_curve(job):
                     curves[job.benchmark] = curve
-        results.append(Result(checkpoint.label, checkpoint.reference, metrics, grids, curves))
+        results.append(Result(checkpoint.label, checkpoint.reference, metrics, grids, curves, checkpoint.reported))
     return results
 
 

@@ -13,6 +13,14 @@ A suite is YAML:
       - {name: seg, config: upernet_vit_base_80k, overrides: {schedule.iterations: 80000}}
     chance: {ft_top1: 0.1, position: 0.51}   # optional: chance level (percent) per report metric
 
+A checkpoint's `reported:` lists numbers its release's own paper reports, each entry with its `source` (paper and
+table) and report metrics in percent; the report shows them as rows of their own under the checkpoint's row:
+
+      - label: DINO 400ep
+        path: checkpoints/zoo/dino_vitbase16_pretrain.pth
+        reported:
+          - {source: "DINO (Caron et al., ICCV 2021), Tab. 2", knn_top1: 76.1, linear_top1: 78.2}
+
 Paths (checkpoints, data roots, work_dir) may use environment variables ($DATA/imagenet). Every mistake (an
 unknown key, a missing checkpoint file, an unknown benchmark) is reported with the suite file's line, before
 anything runs.
@@ -31,7 +39,7 @@ import yaml
 
 from engine.errors import MissingInputError, UserInputError
 
-from .reference import parse_reference
+from .reference import ReportedRow, parse_reference
 
 # benchmark name -> (CLI words, dataset kind, {metrics.json key: (report key, factor to percent)})
 BENCHMARKS: dict[str, tuple[tuple[str, ...], str, dict[str, tuple[str, float]]]] = {
@@ -42,6 +50,9 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], str, dict[str, tuple[str, float]]]]
     "det": (("det", "train"), "coco", {k: (k, 100.0) for k in ("APb", "APb50", "APb75", "APm", "APm50", "APm75")}),
     "seg": (("seg", "train"), "ade", {"mIoU": ("mIoU", 1.0), "aAcc": ("aAcc", 1.0)}),
     "posacc": (("posacc",), "imagenet", {"average": ("position", 1.0)}),
+    "cls.knn": (("cls", "knn"), "imagenet", {"top1": ("knn_top1", 1.0)}),
+    "cls.linear": (("cls", "linear"), "imagenet", {"top1": ("linear_top1", 1.0)}),
+    "seg.linear": (("seg", "linear"), "ade", {"mIoU": ("linseg_mIoU", 1.0), "aAcc": ("linseg_aAcc", 1.0)}),
 }
 # the metric keys of a report (BENCHMARKS' report keys), in benchmark order
 REPORT_METRICS = tuple(dict.fromkeys(key for _, _, keys in BENCHMARKS.values() for key, _ in keys.values()))
@@ -60,7 +71,8 @@ BACKEND_KEYS = {
 REQUIRED_BACKEND_KEYS = {"slurm": ("timeout_min",), "docker": ("image",)}  # submitit's default time limit is 5 min
 BACKEND_DEFAULTS = {"docker": {"docker": "docker"}}  # the docker executable
 SUBMITIT_CLUSTERS = ("slurm", "local", "debug")
-CHECKPOINT_KEYS = {"label", "path", "format", "epochs", "reference", "random_init", "overrides", "benchmarks"}
+CHECKPOINT_KEYS = {"label", "path", "format", "epochs", "reference", "reported", "random_init", "overrides",
+                   "benchmarks"}
 BENCHMARK_KEYS = {"name", "config", "overrides"}
 
 
@@ -80,6 +92,7 @@ class CheckpointEntry:
     format: str = "auto"
     epochs: int | None = None
     reference: str | None = None
+    reported: tuple[ReportedRow, ...] = ()  # the release's own paper's numbers
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # benchmark name -> key: value
     benchmarks: tuple[str, ...] | None = None  # only these of the suite's benchmarks (None: all)
 
@@ -223,15 +236,35 @@ def load_suite(path: str | Path) -> Suite:
                  checkpoints, benchmarks, synthetic, chance)
 
 
-def _chance(doc: _Located, node: yaml.Node) -> dict[str, float]:
-    """Chance levels by report metric, in percent: beside them a tiny model's numbers read for what they are."""
+def _percents(doc: _Located, items: dict[str, tuple[yaml.Node, yaml.Node]], what: str) -> dict[str, float]:
+    """{report metric: percent} of a mapping's items, each value checked to be a number from 0 to 100."""
     levels = {}
-    for key, (_, value_node) in doc.mapping(node, set(REPORT_METRICS), "chance (report metric: percent)").items():
+    for key, (_, value_node) in items.items():
         value = doc.value(value_node)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-            raise doc.error(value_node, f"chance.{key} must be a percent from 0 to 100, not {value!r}")
+            raise doc.error(value_node, f"{what}.{key} must be a percent from 0 to 100, not {value!r}")
         levels[key] = float(value)
     return levels
+
+
+def _chance(doc: _Located, node: yaml.Node) -> dict[str, float]:
+    """Chance levels by report metric, in percent: beside them a tiny model's numbers read for what they are."""
+    return _percents(doc, doc.mapping(node, set(REPORT_METRICS), "chance (report metric: percent)"), "chance")
+
+
+def _reported(doc: _Located, node: yaml.Node) -> tuple[ReportedRow, ...]:
+    """A checkpoint's `reported:` entries: each a `source` and at least one report metric in percent."""
+    rows = []
+    for entry in doc.sequence(node, "reported"):
+        items = doc.mapping(entry, {"source", *REPORT_METRICS}, "a reported entry (source and report metrics)")
+        if "source" not in items:
+            raise doc.error(entry, "a reported entry needs a 'source' (the paper and table the numbers are from)")
+        source = doc.text(items.pop("source")[1], "source")
+        if not items:
+            raise doc.error(entry, f"reported entry {source!r} gives no metric; expected some of "
+                                   f"{list(REPORT_METRICS)}")
+        rows.append(ReportedRow(source, _percents(doc, items, "reported")))
+    return tuple(rows)
 
 
 def _backend(doc: _Located, node: yaml.Node) -> dict[str, Any]:
@@ -288,6 +321,7 @@ def _checkpoint(doc: _Located, node: yaml.Node) -> CheckpointEntry:
             parse_reference(reference)
         except ValueError as err:
             raise doc.error(items["reference"][1], str(err)) from None
+    reported = _reported(doc, items["reported"][1]) if "reported" in items else ()
     epochs = doc.value(items["epochs"][1]) if "epochs" in items else None
     if epochs is not None and (not isinstance(epochs, int) or epochs < 0):
         raise doc.error(items["epochs"][1], "epochs must be a non-negative integer")
@@ -304,7 +338,7 @@ def _checkpoint(doc: _Located, node: yaml.Node) -> CheckpointEntry:
         if unknown:
             raise doc.error(items["benchmarks"][1], f"unknown benchmarks {unknown}; expected from {sorted(BENCHMARKS)}")
     fmt = doc.text(items["format"][1], "format") if "format" in items else "auto"
-    return CheckpointEntry(label, path, fmt, epochs, reference, overrides, only)
+    return CheckpointEntry(label, path, fmt, epochs, reference, reported, overrides, only)
 
 
 def _benchmark(doc: _Located, node: yaml.Node) -> Benchmark:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.harness.reference import TABLES, reference_value
+from benchmarks.harness.reference import TABLES, ReportedRow, reference_value
 from benchmarks.harness.report import (
     Result,
     format_cell,
@@ -120,7 +120,8 @@ def results() -> list[Result]:
     ]
 
 
-LEGEND = "Cells: ours (paper, ours - paper); '- (paper)' where we have no value; '-' where neither has one."
+LEGEND = ("Cells: ours (paper, ours - paper); '- (paper)' where we have no value; '-' where neither has one. Rows "
+          "'reported in ...': the release's own paper, its recipe, as cited.")
 CHANCE = {"ft_top1": 0.1, "position": 0.51}
 EXPECTED_MARKDOWN = "\n".join([  # with CHANCE
     "# droppos-bench report",
@@ -210,16 +211,17 @@ def test_cells_print_consistent_deltas():
 
 def test_csv_has_one_line_per_cell(results):
     rows = list(csv.reader(io.StringIO(render_csv(results))))
-    assert rows[0] == ["table", "label", "reference", "metric", "ours", "paper", "delta"]
+    assert rows[0] == ["table", "label", "reference", "metric", "ours", "paper", "delta", "source"]
     assert len(rows) == 1 + 10 + 2 * 9 + 2
-    assert ["tab6", "DropPos 200ep (ours)", "tab6:DropPos 200", "APm", "37.5", "37.9", "-0.40"] in rows
-    assert ["other", "random init", "", "ft_top1", "70.123", "", ""] in rows
+    assert ["tab6", "DropPos 200ep (ours)", "tab6:DropPos 200", "APm", "37.5", "37.9", "-0.40", ""] in rows
+    assert ["other", "random init", "", "ft_top1", "70.123", "", "", ""] in rows
     with_chance = list(csv.reader(io.StringIO(render_csv(results, chance=CHANCE))))
     assert [row for row in with_chance if row[1] != "chance level"] == rows
     assert [row for row in with_chance if row[1] == "chance level"] == [
-        ["tab1", "chance level", "", "ft_top1", "0.1", "", ""],
-        ["tab1", "chance level", "", "position", "0.51", "", ""],
-        ["tab6", "chance level", "", "ft_top1", "0.1", "", ""], ["other", "chance level", "", "ft_top1", "0.1", "", ""],
+        ["tab1", "chance level", "", "ft_top1", "0.1", "", "", ""],
+        ["tab1", "chance level", "", "position", "0.51", "", "", ""],
+        ["tab6", "chance level", "", "ft_top1", "0.1", "", "", ""],
+        ["other", "chance level", "", "ft_top1", "0.1", "", "", ""],
     ]
 
 
@@ -291,3 +293,35 @@ def test_loss_curves_one_chart_per_benchmark(tmp_path):
     plots = plot_loss_curves(results, tmp_path)
     assert [plot.path.name for plot in plots] == ["loss_det.png", "loss_seg.png"]
     assert all(plot.path.read_bytes().startswith(b"\x89PNG") for plot in plots)
+
+
+DINO_PAPER = ReportedRow("DINO (Caron et al., 2021), Tab. 2", {"knn_top1": 76.1, "linear_top1": 78.2})
+DINO_FT = ReportedRow("iBOT (Zhou et al., 2022), Tab. 3", {"ft_top1": 82.8})
+
+
+def test_reported_rows_sit_under_their_checkpoint_with_their_source_in_every_format(tmp_path):
+    dino = Result("DINO 400ep", "tab5:DINO 1600", {"ft_top1": 82.5, "knn_top1": 75.0}, reported=(DINO_PAPER, DINO_FT))
+    results = [dino, Result("random init", None, {"knn_top1": 3.0})]
+    tables = _markdown_tables(render_markdown(results))
+    # Tab. 5 gains the knn / linear columns (reported numbers are never dropped), the rows sit under DINO's
+    assert [row for row in tables["tab5"] if row[0] != "---"] == [
+        ["checkpoint (method)", "ft_top1", "ft_top1_vitl", "knn_top1", "linear_top1"],
+        ["DINO 400ep (DINO 1600)", "82.50 (82.80, -0.30)", "-", "75.00", "-"],
+        ["DINO 400ep: reported in DINO (Caron et al., 2021), Tab. 2", "-", "-", "76.10", "78.20"],
+        ["DINO 400ep: reported in iBOT (Zhou et al., 2022), Tab. 3", "82.80", "-", "-", "-"],
+    ]
+    assert "| random init | 3.00 |" in render_markdown(results)
+    rows = list(csv.reader(io.StringIO(render_csv(results))))
+    reported = [row for row in rows[1:] if row[-1]]
+    assert reported == [
+        ["tab5", "DINO 400ep", "", "knn_top1", "", "76.1", "", "DINO (Caron et al., 2021), Tab. 2"],
+        ["tab5", "DINO 400ep", "", "linear_top1", "", "78.2", "", "DINO (Caron et al., 2021), Tab. 2"],
+        ["tab5", "DINO 400ep", "", "ft_top1", "", "82.8", "", "iBOT (Zhou et al., 2022), Tab. 3"],
+    ]
+    latex = render_latex(results)
+    assert (r"\textit{DINO 400ep: reported in DINO (Caron et al., 2021), Tab. 2} & \textit{--} & \textit{--} & "
+            r"\textit{76.10} & \textit{78.20} \\") in latex
+    page = write_report(results, tmp_path).read_text()
+    assert ('<tr class="reported"><td>DINO 400ep: reported in iBOT (Zhou et al., 2022), Tab. 3</td><td>82.80</td>'
+            in page)
+    assert "knn_top1 (%): ours (bars), reported by the release&#x27;s paper (triangles)" in page

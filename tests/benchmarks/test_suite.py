@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from backbone import FORMATS
+from benchmarks.harness.reference import ReportedRow
 from benchmarks.harness.suite import SuiteError, expand_jobs, load_suite, resolve_suite
 from engine import load_config
 from pretrain.train import CONFIGS_DIR as PRETRAIN_CONFIGS
@@ -181,3 +182,36 @@ def test_chance_levels_are_read_by_report_metric(tmp_path, checkpoint):
 def test_chance_errors_name_the_line(tmp_path, checkpoint, chance, line, message):
     with pytest.raises(SuiteError, match=rf"suite\.yaml:{line}: {message}"):
         load_suite(write(tmp_path, GOOD.format(ckpt=checkpoint) + chance))
+
+
+REPORTED = """
+    reported:
+      - {source: "DINO (Caron et al., ICCV 2021), Tab. 2", knn_top1: 76.1, linear_top1: 78.2}
+      - source: "iBOT (Zhou et al., ICLR 2022), Tab. 3"
+        ft_top1: 82.8
+"""
+
+
+def with_reported(checkpoint, reported):
+    return GOOD.format(ckpt=checkpoint).replace('    reference: "tab6:DropPos 200"\n',
+                                                '    reference: "tab6:DropPos 200"\n' + reported.strip("\n") + "\n")
+
+
+def test_reported_numbers_are_read_with_their_source(tmp_path, checkpoint):
+    suite = load_suite(write(tmp_path, with_reported(checkpoint, REPORTED)))
+    assert suite.checkpoints[0].reported == (
+        ReportedRow("DINO (Caron et al., ICCV 2021), Tab. 2", {"knn_top1": 76.1, "linear_top1": 78.2}),
+        ReportedRow("iBOT (Zhou et al., ICLR 2022), Tab. 3", {"ft_top1": 82.8}))
+    assert suite.checkpoints[1].reported == ()
+
+
+@pytest.mark.parametrize(("reported", "line", "message"), [
+    ("    reported:\n      - {knn_top1: 76.1}\n", 9, "a reported entry needs a 'source'"),
+    ("    reported:\n      - {source: DINO}\n", 9, "reported entry 'DINO' gives no metric"),
+    ("    reported:\n      - {source: DINO, knn: 76.1}\n", 9, "unknown key 'knn' in a reported entry"),
+    ("    reported:\n      - {source: DINO, knn_top1: 761}\n", 9, "reported.knn_top1 must be a percent"),
+    ("    reported: {source: DINO}\n", 8, "reported must be a non-empty list"),
+])
+def test_reported_errors_name_the_line(tmp_path, checkpoint, reported, line, message):
+    with pytest.raises(SuiteError, match=rf"suite\.yaml:{line}: {message}"):
+        load_suite(write(tmp_path, with_reported(checkpoint, reported)))
