@@ -121,6 +121,18 @@ def run_cls_linprobe(args: argparse.Namespace) -> None:
     print(f"metrics: {linprobe.run_linprobe(args.config, args.overrides)}")
 
 
+def run_cls_knn(args: argparse.Namespace) -> None:
+    from cls import frozen
+
+    print(f"metrics: {frozen.run_knn(args.config, args.overrides)}")
+
+
+def run_cls_linear(args: argparse.Namespace) -> None:
+    from cls import frozen
+
+    print(f"metrics: {frozen.run_linear(args.config, args.overrides)}")
+
+
 def run_cls_posprobe(args: argparse.Namespace) -> None:
     from cls import position_probe
 
@@ -143,6 +155,12 @@ def run_seg_train(args: argparse.Namespace) -> None:
     from seg import train
 
     print(f"metrics: {train.run_seg_train(args.config, args.overrides)}")
+
+
+def run_seg_linear(args: argparse.Namespace) -> None:
+    from seg import linear
+
+    print(f"metrics: {linear.run_seg_linear(args.config, args.overrides)}")
 
 
 def run_seg_eval(args: argparse.Namespace) -> None:
@@ -250,6 +268,12 @@ def add_cls_commands(sub: argparse._SubParsersAction) -> None:
     add_config_command(cls, "posprobe", run_cls_posprobe,
                        "position-sensitivity probe of a frozen backbone (paper Tab. 7)",
                        "config file or shipped name, e.g. posprobe_vit_base", "ckpt=PATH (required), data.root=...")
+    add_config_command(cls, "knn", run_cls_knn,
+                       "weighted k-NN on cached frozen features (DINO's protocol), minutes instead of days",
+                       "config file or shipped name, e.g. knn_vit_base", "ckpt=PATH, data.root=...")
+    add_config_command(cls, "linear", run_cls_linear,
+                       "a grid of linear heads on cached frozen features (DINOv2's protocol)",
+                       "config file or shipped name, e.g. linear_vit_base", "ckpt=PATH, data.root=...")
 
 
 def add_det_commands(sub: argparse._SubParsersAction) -> None:
@@ -294,6 +318,10 @@ def add_seg_commands(sub: argparse._SubParsersAction) -> None:
                        "sliding-window mIoU / mAcc / aAcc and per-class IoU of a trained segmentor on the val split",
                        "the training config (model, data)",
                        "ckpt=PATH (required, written by seg train), data.root=..., work_dir=...")
+    add_config_command(seg_commands, "linear", run_seg_linear,
+                       "BatchNorm + 1x1 conv on a frozen ViT's patch features (DINOv2's linear segmentation)",
+                       "config file, or the name of a shipped one, e.g. linear_vit_base_ade",
+                       "e.g. ckpt=PATH data.root=/data/ADEChallengeData2016")
 
 
 class OneLineErrors(argparse.ArgumentParser):

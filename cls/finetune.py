@@ -66,7 +66,7 @@ def build_classifier(cfg: Config, num_classes: int, fine_tuned: bool = False) ->
         report = load_pretrained(net, ckpt, drop_head=not fine_tuned,
                                  allowed_missing=() if fine_tuned else ("head", "fc_norm"))
         log.info("%s", report)
-    if not fine_tuned:
+    if not fine_tuned and num_classes:  # 0: the encoder alone (the frozen protocols)
         nn.init.trunc_normal_(net.head.weight, std=HEAD_INIT_STD)
         nn.init.zeros_(net.head.bias)
     return net

@@ -47,6 +47,10 @@ KINDS: dict[str, tuple[type, ...]] = {
     "model.layer_scale_init": (float, str, NoneType),
     "model.global_blocks": (tuple,),
     "model.pool_scales": (tuple,),
+    "model.layers": (tuple,),  # seg linear: the blocks whose patch features the head reads
+    "knn.ks": (tuple,),
+    "linear.features": (tuple,),
+    "linear.base_lrs": (tuple,),
     "optim.clip_grad": (float, NoneType),
     "schedule.steps": (tuple,),
     "schedule.val_interval": (int, NoneType),

@@ -10,6 +10,7 @@ network file system, so the index is cached, keyed by the modification times of 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -43,6 +44,13 @@ class FolderIndex:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def digest(self) -> str:
+        """sha256 of the classes, relative paths and labels: equal for the same files in the same order."""
+        digest = hashlib.sha256(json.dumps(self.classes).encode())
+        for array in (self._names, self._ends, self.targets):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
     def path(self, index: int) -> str:
         start = self._ends[index - 1] if index else 0
         return os.path.join(self.root, self._names[start:self._ends[index]].tobytes().decode())
@@ -75,11 +83,17 @@ class FolderIndex:
             return cls(root, arrays["classes"].tolist(), arrays["targets"], arrays["names"], arrays["ends"])
 
 
-def folder_key(root: Path) -> str | None:
-    """A digest of the split folder's path and the modification times of it and its class folders, or None when
-    one of them changed in the last SETTLED_SECONDS (not cached: a change in the same clock tick would not show)."""
+def folder_stamps(root: Path) -> list[tuple[str, int]]:
+    """Modification times of the split folder and its class folders: a file added, removed or renamed in a class
+    folder (a dataset written again) changes one."""
     stats = [(".", os.stat(root).st_mtime_ns)]
-    stats += sorted((entry.name, entry.stat().st_mtime_ns) for entry in os.scandir(root) if entry.is_dir())
+    return stats + sorted((entry.name, entry.stat().st_mtime_ns) for entry in os.scandir(root) if entry.is_dir())
+
+
+def folder_key(root: Path) -> str | None:
+    """A digest of the split folder's path and `folder_stamps`, or None when one of them changed in the last
+    SETTLED_SECONDS (not cached: a change in the same clock tick would not show)."""
+    stats = folder_stamps(root)
     if max(mtime for _, mtime in stats) > (time.time() - SETTLED_SECONDS) * 1e9:
         return None
     return hashlib.sha256(repr((str(root.resolve()), stats)).encode()).hexdigest()[:32]

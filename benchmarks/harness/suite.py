@@ -13,6 +13,10 @@ A suite is YAML:
       - {name: seg, config: upernet_vit_base_80k, overrides: {schedule.iterations: 80000}}
     chance: {ft_top1: 0.1, position: 0.51}   # optional: chance level (percent) per report metric
 
+`checkpoints_from: <suite>` (a shipped suite's name or a file) takes that suite's checkpoints, before the file's own
+`checkpoints:` (then optional), and its data roots where the file names none: other benchmarks on the same
+checkpoints.
+
 A checkpoint's `reported:` lists numbers its release's own paper reports, each entry with its `source` (paper and
 table) and report metrics in percent; the report shows them as rows of their own under the checkpoint's row:
 
@@ -59,7 +63,8 @@ REPORT_METRICS = tuple(dict.fromkeys(key for _, _, keys in BENCHMARKS.values() f
 DATA_KINDS = ("imagenet", "coco", "ade")
 # benchmark -> the benchmark of the same checkpoint whose trained model it reads (Tab. 7 probes the fine-tuned model)
 PREREQUISITES = {"cls.posprobe_finetuned": "cls.finetune"}
-SUITE_KEYS = {"name", "work_dir", "backend", "data", "checkpoints", "benchmarks", "synthetic", "chance"}
+SUITE_KEYS = {"name", "work_dir", "backend", "data", "checkpoints", "checkpoints_from", "benchmarks", "synthetic",
+              "chance"}
 # backend type -> the keys it takes
 BACKEND_KEYS = {
     "local": {"type"},
@@ -204,20 +209,26 @@ def load_suite(path: str | Path) -> Suite:
     if root is None:
         raise SuiteError(f"{path}: empty suite file")
     top = doc.mapping(root, SUITE_KEYS, "the suite")
-    for required in ("name", "checkpoints", "benchmarks"):
+    for required in ("name", "benchmarks"):
         if required not in top:
             raise doc.error(root, f"the suite needs '{required}'")
+    if "checkpoints" not in top and "checkpoints_from" not in top:
+        raise doc.error(root, "the suite needs 'checkpoints' (or 'checkpoints_from': another suite)")
     name = doc.text(top["name"][1], "name")
+    base = _base_suite(doc, top["checkpoints_from"][1], path) if "checkpoints_from" in top else None
     data = doc.plain_mapping(top["data"][1], "data") if "data" in top else {}
     for kind_node, _ in (top["data"][1].value if "data" in top else []):
         if kind_node.value not in DATA_KINDS:
             raise doc.error(kind_node, f"unknown dataset {kind_node.value!r}; expected one of {list(DATA_KINDS)}")
+    data = {**(base.data if base else {}), **data}
     backend = _backend(doc, top["backend"][1]) if "backend" in top else {"type": "local"}
-    checkpoints = tuple(_checkpoint(doc, node) for node in doc.sequence(top["checkpoints"][1], "checkpoints"))
+    own = doc.sequence(top["checkpoints"][1], "checkpoints") if "checkpoints" in top else []
+    checkpoints = (base.checkpoints if base else ()) + tuple(_checkpoint(doc, node) for node in own)
     labels = [c.label for c in checkpoints]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
-        raise doc.error(top["checkpoints"][1], f"checkpoint labels must differ: {duplicates}")
+        raise doc.error(top["checkpoints" if "checkpoints" in top else "checkpoints_from"][1],
+                        f"checkpoint labels must differ: {duplicates}")
     benchmarks = tuple(_benchmark(doc, node) for node in doc.sequence(top["benchmarks"][1], "benchmarks"))
     for index, (benchmark, node) in enumerate(zip(benchmarks, top["benchmarks"][1].value, strict=True)):
         needed = PREREQUISITES.get(benchmark.name)
@@ -234,6 +245,18 @@ def load_suite(path: str | Path) -> Suite:
     chance = _chance(doc, top["chance"][1]) if "chance" in top else {}
     return Suite(path, name, work_dir, backend, {k: os.path.expandvars(str(v)) for k, v in data.items()},
                  checkpoints, benchmarks, synthetic, chance)
+
+
+def _base_suite(doc: _Located, node: yaml.Node, path: Path) -> Suite:
+    """The suite `checkpoints_from` names; its own errors keep its file and line."""
+    name = doc.text(node, "checkpoints_from")
+    try:
+        base = resolve_suite(name)
+    except MissingInputError as err:
+        raise doc.error(node, str(err)) from None
+    if base.resolve() == path.resolve():
+        raise doc.error(node, "checkpoints_from names this suite itself")
+    return load_suite(base)
 
 
 def _percents(doc: _Located, items: dict[str, tuple[yaml.Node, yaml.Node]], what: str) -> dict[str, float]:

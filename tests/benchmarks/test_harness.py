@@ -12,6 +12,7 @@ from benchmarks.harness.run import store_path, suite_results
 from benchmarks.harness.store import ResultsStore
 from benchmarks.harness.suite import expand_jobs, load_suite
 from benchmarks.synthetic import synthesize
+from benchmarks.synthetic.ramps import write_direction_task
 
 FAKE_JOB = """
 import json, pathlib, sys
@@ -124,3 +125,29 @@ def test_a_real_segmentation_job_goes_from_suite_to_report(tmp_path):
     assert main(["bench", "report", str(suite_path)]) == 0
     assert "random init" in (suite.work_dir / "report" / "report.md").read_text()
     assert (suite.work_dir / "report" / "plots" / "synthetic" / "loss_seg.png").is_file()
+
+
+def test_the_frozen_protocols_go_from_suite_to_report_and_share_their_features(tmp_path):
+    write_direction_task(tmp_path / "ramps", 8, 4, seed=0)
+    synthesize(tmp_path / "data", num_images=12, size=64, seed=0)
+    ade = tmp_path / "data" / "ade" / "ADEChallengeData2016"
+    cache = {"features.cache_dir": str(tmp_path / "cache")}
+    suite_path = write_suite(tmp_path, [{"label": "random init", "random_init": True}], [
+        {"name": "cls.knn", "config": "knn_tiny_ramps", "overrides": cache},
+        {"name": "cls.linear", "config": "linear_tiny_ramps", "overrides": cache},
+        {"name": "seg.linear", "config": "linear_tiny_synth",
+         "overrides": {"schedule.iterations": 2, "schedule.warmup_iters": 1}},
+    ], {"imagenet": str(tmp_path / "ramps"), "ade": str(ade)})
+    assert main(["bench", "run", str(suite_path)]) == 0
+    suite = load_suite(suite_path)
+    (result,) = suite_results(suite)
+    written = {job.benchmark: json.loads((job.work_dir / "metrics.json").read_text()) for job in expand_jobs(suite)}
+    assert result.metrics == {"knn_top1": written["cls.knn"]["last"]["top1"],
+                              "linear_top1": written["cls.linear"]["last"]["top1"],
+                              "linseg_mIoU": written["seg.linear"]["last"]["mIoU"],
+                              "linseg_aAcc": written["seg.linear"]["last"]["aAcc"]}
+    assert written["cls.knn"]["features"] == written["cls.linear"]["features"]  # extracted once, read twice
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # train and val
+    assert main(["bench", "report", str(suite_path)]) == 0
+    report = (suite.work_dir / "report" / "report.md").read_text()
+    assert "| checkpoint | knn_top1 | linear_top1 | linseg_mIoU | linseg_aAcc |" in report

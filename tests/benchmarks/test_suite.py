@@ -88,26 +88,32 @@ def test_duplicate_labels_and_bad_yaml(tmp_path, checkpoint):
         load_suite(tmp_path / "nowhere.yaml")
 
 
-@pytest.mark.parametrize("name", ["paper-table6", "ablations", "position-methods", "zoo-vit-base"])
+@pytest.mark.parametrize("name", ["paper-table6", "ablations", "position-methods", "zoo-vit-base",
+                                  "zoo-vit-base-frozen"])
 def test_shipped_suites_are_valid_once_their_checkpoints_exist(name, tmp_path, monkeypatch):
     path = resolve_suite(name)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SuiteError, match="checkpoint file not found"):
         load_suite(path)
-    for line in path.read_text().splitlines():
+    base = resolve_suite("zoo-vit-base")  # zoo-vit-base-frozen's checkpoints_from
+    for line in path.read_text().splitlines() + base.read_text().splitlines():
         if line.strip().startswith("path:"):
             checkpoint = tmp_path / line.split(":", 1)[1].strip()
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             checkpoint.touch()
     suite = load_suite(path)
     jobs = expand_jobs(suite)
-    unreferenced = ("MAE+", "AdPE", "BEiT v2", "CAE", "DeiT III")  # no row of the DropPos paper's tables
+    unreferenced = ("MAE+", "AdPE", "BEiT v2", "CAE", "DeiT III", "DINOv2", "CLIP")  # no row of the paper's tables
     assert all(c.reference for c in suite.checkpoints if not any(part in c.label for part in unreferenced))
     assert len(jobs) == sum(len(c.benchmarks or suite.benchmarks) for c in suite.checkpoints)
     if name == "zoo-vit-base":  # every family by its format name, each through the three recipes
         assert {c.format for c in suite.checkpoints} == {
             "droppos", "mae", "mocov3", "dino", "ibot", "beit", "simmim", "beitv2", "cae", "deit3"}
         assert {c.format for c in suite.checkpoints} <= set(FORMATS) and len(jobs) == 10 * 3
+    elif name == "zoo-vit-base-frozen":  # zoo-vit-base's ten, DINOv2 twice and CLIP, each through the three
+        assert [c.label for c in suite.checkpoints[:10]] == [c.label for c in load_suite(base).checkpoints]
+        assert [c.format for c in suite.checkpoints[10:]] == ["dinov2", "dinov2", "clip"] and len(jobs) == 13 * 3
+        assert {b.name for b in suite.benchmarks} == {"cls.knn", "cls.linear", "seg.linear"}
     elif name == "paper-table6":
         lrs = {j.checkpoint.label: next((a for a in j.args if a.startswith("optim.lr=")), None)
                for j in jobs if j.benchmark == "seg"}
@@ -215,3 +221,25 @@ def test_reported_numbers_are_read_with_their_source(tmp_path, checkpoint):
 def test_reported_errors_name_the_line(tmp_path, checkpoint, reported, line, message):
     with pytest.raises(SuiteError, match=rf"suite\.yaml:{line}: {message}"):
         load_suite(write(tmp_path, with_reported(checkpoint, reported)))
+
+
+def test_checkpoints_from_takes_another_suites_checkpoints_and_data(tmp_path, checkpoint):
+    base = write(tmp_path, GOOD.format(ckpt=checkpoint))
+    other = tmp_path / "frozen.yaml"
+    other.write_text(f"name: frozen\ncheckpoints_from: {base}\nbenchmarks:\n"
+                     "  - {name: cls.knn, config: knn_vit_base}\n")
+    suite = load_suite(other)
+    assert [c.label for c in suite.checkpoints] == ["DropPos 200ep (ours)", "random init"]
+    assert suite.data == {"imagenet": "/data/in1k", "ade": "/data/ade"} and suite.name == "frozen"
+    knn = [job.args for job in expand_jobs(suite)]
+    assert knn[0][:3] == ("cls", "knn", "knn_vit_base") and "data.root=/data/in1k" in knn[0]
+    more = "checkpoints:\n  - {label: random init, random_init: true}\n"
+    other.write_text(other.read_text() + more)
+    with pytest.raises(SuiteError, match=r"frozen\.yaml:6: checkpoint labels must differ: \['random init'\]"):
+        load_suite(other)
+    other.write_text(f"name: frozen\ncheckpoints_from: {other}\nbenchmarks:\n  - {{name: cls.knn, config: k}}\n")
+    with pytest.raises(SuiteError, match=r"frozen\.yaml:2: checkpoints_from names this suite itself"):
+        load_suite(other)
+    other.write_text("name: frozen\ncheckpoints_from: nowhere\nbenchmarks:\n  - {name: cls.knn, config: k}\n")
+    with pytest.raises(SuiteError, match=r"frozen\.yaml:2: no suite file 'nowhere'"):
+        load_suite(other)

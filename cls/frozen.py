@@ -1,0 +1,131 @@
+"""`droppos-bench cls knn` and `cls linear`: the fast frozen-encoder protocols on cached features.
+
+Both read the features of the train and val splits from the feature cache (cls/features.py), extracting them first
+where no finished cache of this checkpoint, transform and split exists, then score on val:
+
+- knn: DINO's weighted k-NN vote (cls/knn.py), every k of `knn.ks` in one pass;
+- linear: DINOv2's grid of linear heads (cls/linear_heads.py) over learning rates and feature variants, trained
+  together, the best chosen on a held-out slice of train.
+
+Each writes work_dir/metrics.json with a "last" section (top1 / top5 of the reported k or the chosen head), as the
+training commands do, so the harness reads all of them alike.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+
+from engine.config import check_gpu, load_config
+from engine.errors import UserInputError
+from engine.folder_index import folder_stamps
+from engine.images import EVAL_CROP_RATIO, eval_transform, image_folder
+from engine.runner import require_one_process
+from engine.safe_io import write_json_atomic
+
+from .features import FEATURES, CachedFeatures, cache_key, extract, file_digest, open_cache
+from .finetune import CONFIGS_DIR, build_classifier, check_same_classes
+from .knn import knn_accuracy
+from .linear_heads import fit_linear_grid
+
+log = logging.getLogger("droppos_bench")
+POOL_FEATURE = {"token": "cls", "avg": "avg"}
+
+
+def load_split_features(cfg: Config) -> tuple[CachedFeatures, CachedFeatures]:
+    """The cached train and val features of `cfg.ckpt`, extracting what the cache lacks; the encoder is built only
+    then, so a second protocol on the same checkpoint never runs it."""
+    size = cfg.model.img_size
+    splits = {split: image_folder(cfg.data.root, split, eval_transform(size), cfg.data.skip_invalid,
+                                  every_class=split == "train") for split in ("train", "val")}
+    check_same_classes(splits["train"], splits["val"], cfg.data.root)
+    weights = file_digest(cfg.ckpt) if cfg.ckpt else f"random init, seed {cfg.seed}"
+    net = None
+    cached = []
+    for split, dataset in splits.items():
+        describe = dict(checkpoint=str(cfg.ckpt), weights=weights, format=cfg.ckpt_format, model=dict(cfg.model),
+                        root=str(dataset.root),
+                        transform=f"resize {int(size / EVAL_CROP_RATIO)}, center crop {size}",
+                        split=split, files=dataset.index.digest(), folders=folder_stamps(Path(dataset.root)),
+                        last_layers=cfg.features.last_layers,
+                        precision=cfg.precision)
+        folder = Path(cfg.features.cache_dir) / f"{split}-{cache_key(**describe)}"
+        features = open_cache(folder)
+        if features is None:
+            net = net or build_classifier(cfg, num_classes=0)
+            features = extract(net, dataset, folder, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers,
+                               last_layers=cfg.features.last_layers, device=_device(),
+                               bf16=cfg.precision == "bf16", flush_every=cfg.features.flush_every, describe=describe)
+        cached.append(features)
+    return cached[0], cached[1]
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _config(command: str, config: str | Path, overrides: dict[str, Any] | None) -> Config:
+    require_one_process(command)
+    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
+    check_gpu(cfg)
+    if cfg.model.global_pool != "token":
+        raise UserInputError(f"model.global_pool={cfg.model.global_pool!r}: the frozen protocols read the encoder's "
+                             "final norm, built with global_pool='token'; choose [CLS] or mean patch features with "
+                             "knn.feature / linear.features instead")
+    return cfg
+
+
+def _write_metrics(cfg: Config, last: dict[str, Any], **details: Any) -> Path:
+    out = Path(cfg.work_dir or Path("work_dirs") / cfg.config_name) / "metrics.json"
+    write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), last=last, **details))
+    return out
+
+
+def run_knn(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """k-NN top-1 / top-5 on val for every k of the config; "last" holds `knn.report_k`'s."""
+    cfg = _config("cls knn", config, overrides)
+    feature = POOL_FEATURE.get(cfg.knn.feature, cfg.knn.feature)
+    if feature not in ("cls", "avg"):
+        raise UserInputError(f"knn.feature={cfg.knn.feature!r}; expected 'token' / 'cls' ([CLS]) or 'avg' (mean "
+                             "patch token)")
+    if cfg.knn.report_k not in cfg.knn.ks:
+        raise UserInputError(f"knn.report_k={cfg.knn.report_k} is not one of knn.ks={tuple(cfg.knn.ks)}")
+    train, val = load_split_features(cfg)
+    device = _device()
+    # on a GPU the train features move there once (ImageNet's 1.28M x 768 float16: 2 GB), not once per query chunk
+    bank = train.feature(feature).to(device) if device.type == "cuda" else train.feature(feature)
+    per_k = knn_accuracy(bank, train.targets, val.feature(feature), val.targets, len(train.classes),
+                         ks=tuple(cfg.knn.ks), temperature=cfg.knn.temperature, query_chunk=cfg.knn.query_chunk,
+                         train_chunk=cfg.knn.train_chunk, device=device)
+    for k, scores in per_k.items():
+        log.info("k-NN k=%d: %s", k, ", ".join(f"{name} {value:.2f}" for name, value in scores.items()))
+    return _write_metrics(cfg, dict(per_k[cfg.knn.report_k], k=cfg.knn.report_k), feature=feature,
+                          per_k={str(k): v for k, v in per_k.items()}, temperature=cfg.knn.temperature,
+                          features=[str(train.folder), str(val.folder)])
+
+
+def run_linear(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """The grid of linear heads on cached features; "last" holds the chosen head's val top-1 / top-5."""
+    cfg = _config("cls linear", config, overrides)
+    unknown = [name for name in cfg.linear.features if name not in FEATURES]
+    if unknown or not cfg.linear.features:
+        raise UserInputError(f"linear.features={tuple(cfg.linear.features)}; expected some of {FEATURES}")
+    train, val = load_split_features(cfg)
+    names = [name for name in cfg.linear.features if name in train.columns]
+    if skipped := [name for name in cfg.linear.features if name not in train.columns]:
+        log.info("linear: %s need features.last_layers=4; trained without them", ", ".join(skipped))
+    lrs = [lr * cfg.linear.batch_size / 256 for lr in cfg.linear.base_lrs]  # DINOv2 scales its grid by batch / 256
+    result = fit_linear_grid({n: train.feature(n) for n in names}, train.targets, {n: val.feature(n) for n in names},
+                             val.targets, len(train.classes), lrs, cfg.linear.epochs, cfg.linear.batch_size,
+                             holdout=cfg.linear.holdout, weight_decay=cfg.linear.weight_decay, seed=cfg.seed,
+                             device=_device())
+    log.info("linear: chose %s at lr %.3g (held-out top-1 %.2f): val top-1 %.2f", result.variant, result.lr,
+             result.holdout_top1, result.val_top1)
+    last = {"top1": result.val_top1, **({"top5": result.val_top5} if result.val_top5 is not None else {})}
+    return _write_metrics(cfg, last, chosen={"feature": result.variant, "lr": result.lr,
+                                             "holdout_top1": result.holdout_top1},
+                          train_rows=result.train_rows, holdout_rows=result.holdout_rows, heads=result.heads,
+                          features=[str(train.folder), str(val.folder)])
