@@ -149,13 +149,14 @@ def rate_data(root: Path, images: int, seed: int) -> dict[str, float]:
         return json.loads(done.read_text())["mean_kb"]
     rng = np.random.default_rng(seed)
     sizes = {layout: list(writer(root, images, rng)) for layout, writer in
-             (("imagenet", _imagenet_jpegs), ("coco", _coco_jpegs), ("ade", _ade_jpegs))}
+             (("imagenet", imagenet_jpegs), ("coco", _coco_jpegs), ("ade", _ade_jpegs))}
     mean_kb = {layout: float(np.mean(numbers)) / 1000 for layout, numbers in sizes.items()}
     done.write_text(json.dumps({"images": images, "mean_kb": mean_kb}))
     return mean_kb
 
 
-def _imagenet_jpegs(root: Path, images: int, rng: np.random.Generator) -> Iterator[int]:
+def imagenet_jpegs(root: Path, images: int, rng: np.random.Generator) -> Iterator[int]:
+    """ImageNet-like textured JPEGs (500 x 375) in 10 class folders of root/imagenet/train/; yields their sizes."""
     for index in range(images):
         folder = root / "imagenet" / "train" / class_name(index % 10)
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of benchmarks/RESULTS.md in one prepared run (about 8 minutes on one H200), for a lent GPU
+# The GPU figures of benchmarks/RESULTS.md in one prepared run (about 10 minutes on one H200), for a lent GPU
 # machine with PyTorch but no package index:
 #
 #   benchmarks/fetch_gpu_wheels.sh                 # here, with an index: our other dependencies as wheels in .whl/
@@ -9,7 +9,8 @@
 #
 # Each check has its own time limit, so one that hangs or runs out of memory costs only its own minutes; the
 # exit status is the number of checks that failed. Checks: the four throughput benchmarks at the paper's sizes
-# (ViT-B/16, bf16, SDPA; pre-training also with torch.compile), then the GPU training path end to end: a tiny
+# (ViT-B/16, bf16, SDPA; pre-training also with torch.compile), the frozen protocols' feature extraction against
+# plain inference and k-NN at ImageNet's sizes, the input pipelines' rates, then the GPU training path end to end: a tiny
 # DropPos pre-training under torchrun with one process (DDP, bf16, compile) and a fine-tune from its encoder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,8 @@ if [ "$SMOKE" = 1 ]; then
     DET=("${TINY[@]}" --img-size 128 --batch 1 --scene-size 128)
     SEG=("${TINY[@]}" --img-size 64 --batch 2 --test-size 64 96)  # BatchNorm needs 2
     DATA_RATE=(--quick)
+    FROZEN=(--size tiny --batch 4 --images 16 --unique 4 --workers 1 --rounds 1 --steps 1)
+    KNN=(--quick)
     GPU_PATH=(precision=fp32 require_gpu=False)
     LIMIT_SCALE=4
 else
@@ -45,6 +48,8 @@ else
     DET=(--size base --batch 2 --sync-check)
     SEG=(--size base --batch 2 --sync-check)
     DATA_RATE=(--rate-images 100)
+    FROZEN=(--size base --batch 256 --images 10240 --unique 512 --workers 16)
+    KNN=(--train 1281167 --queries 50000 --devices cuda)  # ImageNet's sizes
     GPU_PATH=(precision=bf16 compile=True require_gpu=True)
     LIMIT_SCALE=1
 fi
@@ -79,6 +84,8 @@ check pretrain_compiled 110 "$PYTHON" benchmarks/pretrain_throughput.py "${PRETR
 check finetune 80 "$PYTHON" benchmarks/finetune_throughput.py "${FINETUNE[@]}"
 check det 80 "$PYTHON" benchmarks/det_throughput.py "${DET[@]}"
 check seg 70 "$PYTHON" benchmarks/seg_throughput.py "${SEG[@]}"
+check frozen 120 "$PYTHON" benchmarks/feature_extraction_speed.py "${FROZEN[@]}"
+check knn 150 "$PYTHON" -m benchmarks.knn_speed "${KNN[@]}"
 
 work=$(mktemp -d)
 check data_rate 90 "$PYTHON" -m benchmarks.data_scale --part rate --rate-root "$work/rate" "${DATA_RATE[@]}"

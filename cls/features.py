@@ -88,6 +88,13 @@ class CachedFeatures:
         start, stop = self.columns[name]
         return torch.from_numpy(self.rows[:, start:stop])
 
+    def features_on(self, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """Views of several features over one copy of the rows on `device` (on the CPU, the mapped file itself):
+        overlapping features (cls, cls+avg, ...) never take their columns twice."""
+        rows = torch.from_numpy(self.rows)
+        rows = rows if device.type == "cpu" else rows.to(device)
+        return {name: rows[:, slice(*self.columns[name])] for name in names}
+
     @property
     def targets(self) -> torch.Tensor:
         return torch.from_numpy(self.labels.astype(np.int64))

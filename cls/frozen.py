@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
+from torch.utils.tensorboard import SummaryWriter
 
 from engine.config import check_gpu, load_config
 from engine.errors import UserInputError
@@ -78,9 +79,19 @@ def _config(command: str, config: str | Path, overrides: dict[str, Any] | None) 
     return cfg
 
 
-def _write_metrics(cfg: Config, last: dict[str, Any], **details: Any) -> Path:
-    out = Path(cfg.work_dir or Path("work_dirs") / cfg.config_name) / "metrics.json"
+def _work_dir(cfg: Config) -> Path:
+    return Path(cfg.work_dir or Path("work_dirs") / cfg.config_name)
+
+
+def _write_metrics(cfg: Config, last: dict[str, Any], scalars: dict[str, list[tuple[int, float]]],
+                   **details: Any) -> Path:
+    """metrics.json, and `scalars` (tag: (step, value) points; accuracy by k, or by learning rate) to TensorBoard."""
+    out = _work_dir(cfg) / "metrics.json"
     write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), last=last, **details))
+    with SummaryWriter(str(_work_dir(cfg) / "tensorboard")) as writer:
+        for tag, values in scalars.items():
+            for step, value in values:
+                writer.add_scalar(tag, value, step)
     return out
 
 
@@ -102,7 +113,9 @@ def run_knn(config: str | Path, overrides: dict[str, Any] | None = None) -> Path
                          train_chunk=cfg.knn.train_chunk, device=device)
     for k, scores in per_k.items():
         log.info("k-NN k=%d: %s", k, ", ".join(f"{name} {value:.2f}" for name, value in scores.items()))
-    return _write_metrics(cfg, dict(per_k[cfg.knn.report_k], k=cfg.knn.report_k), feature=feature,
+    scalars = {f"knn/{name} by k": [(k, scores[name]) for k, scores in per_k.items()]
+               for name in per_k[cfg.knn.report_k]}
+    return _write_metrics(cfg, dict(per_k[cfg.knn.report_k], k=cfg.knn.report_k), scalars, feature=feature,
                           per_k={str(k): v for k, v in per_k.items()}, temperature=cfg.knn.temperature,
                           features=[str(train.folder), str(val.folder)])
 
@@ -118,14 +131,18 @@ def run_linear(config: str | Path, overrides: dict[str, Any] | None = None) -> P
     if skipped := [name for name in cfg.linear.features if name not in train.columns]:
         log.info("linear: %s need features.last_layers=4; trained without them", ", ".join(skipped))
     lrs = [lr * cfg.linear.batch_size / 256 for lr in cfg.linear.base_lrs]  # DINOv2 scales its grid by batch / 256
-    result = fit_linear_grid({n: train.feature(n) for n in names}, train.targets, {n: val.feature(n) for n in names},
+    device = _device()
+    result = fit_linear_grid(train.features_on(names, device), train.targets, val.features_on(names, device),
                              val.targets, len(train.classes), lrs, cfg.linear.epochs, cfg.linear.batch_size,
                              holdout=cfg.linear.holdout, weight_decay=cfg.linear.weight_decay, seed=cfg.seed,
-                             device=_device())
+                             device=device)
     log.info("linear: chose %s at lr %.3g (held-out top-1 %.2f): val top-1 %.2f", result.variant, result.lr,
              result.holdout_top1, result.val_top1)
     last = {"top1": result.val_top1, **({"top5": result.val_top5} if result.val_top5 is not None else {})}
-    return _write_metrics(cfg, last, chosen={"feature": result.variant, "lr": result.lr,
+    scalars = {f"linear/{split} top1 by lr index/{name}": list(enumerate(
+        head[f"{split}_top1"] for head in result.heads if head["variant"] == name))
+        for name in names for split in ("holdout", "val")}
+    return _write_metrics(cfg, last, scalars, chosen={"feature": result.variant, "lr": result.lr,
                                              "holdout_top1": result.holdout_top1},
                           train_rows=result.train_rows, holdout_rows=result.holdout_rows, heads=result.heads,
                           features=[str(train.folder), str(val.folder)])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 MOMENTUM = 0.9
 INIT_STD = 0.01  # DINOv2's linear layer: weight ~ N(0, 0.01^2), bias 0
@@ -52,7 +53,7 @@ def fit_linear_grid(train: Mapping[str, torch.Tensor], train_labels: torch.Tenso
     for name, features in train.items():
         weight, bias = init_heads(len(lrs), features.shape[1], num_classes, gen)
         weight, bias = train_heads(features, train_labels, order, batch_size, lr, weight.to(device),
-                                   bias.to(device), weight_decay)
+                                   bias.to(device), weight_decay, progress=f"{len(lrs)} heads on {name}")
         held_out = accuracy(features, train_labels, holdout_rows, weight, bias, batch_size)
         scored = accuracy(val[name], val_labels, torch.arange(len(val_labels)), weight, bias, batch_size)
         heads += [dict(variant=name, lr=float(rate), holdout_top1=h[0], val_top1=v[0],
@@ -88,17 +89,18 @@ def cosine_factor(step: int, steps: int) -> float:
 
 
 def train_heads(features: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int,
-                lr: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+                lr: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_decay: float,
+                progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SGD (momentum 0.9, weight decay on weight and bias, as torch.optim.SGD over an nn.Linear) of every head at its
     peak lr `lr[h]` with a cosine schedule over all steps, mean cross-entropy per head. Batches are
-    `order`'s rows, batch_size at a time within each epoch (the last one may be smaller)."""
+    `order`'s rows, batch_size at a time within each epoch (the last one may be smaller). `progress`: a bar's title
+    (none without)."""
     order = order.to(features.device)
     labels = labels.to(features.device)
     batches = [epoch[i:i + batch_size] for epoch in order for i in range(0, order.shape[1], batch_size)]
     params = [weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)]
     momenta = [torch.zeros_like(p) for p in params]
-    for step, rows in enumerate(batches):
+    for step, rows in enumerate(tqdm(batches, desc=progress, unit="step", disable=progress is None)):
         x = features[rows].to(weight.device).float()  # cast on the device: half the bytes of float16 rows cross
         y = labels[rows].to(weight.device)
         loss = head_losses(x, y, *params).sum()

@@ -25,15 +25,12 @@ from mmseg.registry import MODELS
 from backbone import VIT_SIZES, build_vit, load_pretrained
 from backbone.checkpoint import Checkpoint, read_checkpoint
 from backbone.checkpoint_load import checkpoint_architecture
-from engine import build_train_runner
 from engine.errors import UserInputError
-from engine.hooks import ModelMetaHook
-from engine.runner import TrainSpec, Validation, train_from_config
+from engine.runner import train_from_config
 
 from .data import build_seg_dataset
-from .metric import SegMetric
 from .model import IGNORE_INDEX, MEAN_RGB, STD_RGB, SegEncoderDecoder, build_mmseg_model
-from .train import BACKBONE_PREFIX, CONFIGS_DIR
+from .train import CONFIGS_DIR, segmentation_runner
 
 # model-config keys that shape the probe rather than the ViT
 PROBE_OPTIONS = ("layers", "final_norm", "norm", "slide_stride")
@@ -164,11 +161,7 @@ def build_linear_runner(cfg: Config):
     optimizer = torch.optim.AdamW(model.decode_head.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     net = model.backbone.net
-    hooks = [ModelMetaHook(BACKBONE_PREFIX, dict(net.config))]
-    runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
-                                experiment_name=cfg.config_name, cfg=cfg,
-                                validation=Validation(val, SegMetric(), "mIoU", batch_size=1),
-                                collate_fn="pseudo_collate")
+    runner = segmentation_runner(cfg, model, train, val, optimizer)
     runner.logger.info(f"linear segmentation on a frozen ViT-{cfg.model.size} (blocks {list(cfg.model.layers)}, "
                        f"patch {net.patch_embed.patch_size[0]}) at {cfg.data.crop_size} px, on {len(train)} images / "
                        f"{len(classes)} classes; effective batch {cfg.effective_batch}, lr {cfg.optim.lr:.3g}, "

@@ -58,15 +58,21 @@ def build_seg_runner(cfg: Config):
     net = model.backbone.net
     optimizer = adamw_layer_decay(model, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.layer_decay, net.num_layers,
                                   cfg.optim.betas, backbone_prefix=BACKBONE_PREFIX)
-    hooks = [ModelMetaHook(BACKBONE_PREFIX, dict(net.config))]
-    runner = build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
-                                experiment_name=cfg.config_name, cfg=cfg,
-                                validation=Validation(val, SegMetric(), "mIoU", batch_size=1),
-                                collate_fn="pseudo_collate")
+    runner = segmentation_runner(cfg, model, train, val, optimizer)
     runner.logger.info(f"UperNet, ViT-{cfg.model.size} at {cfg.data.crop_size} px, on {len(train)} images / "
                        f"{len(classes)} classes; effective batch {cfg.effective_batch}, lr {cfg.optim.lr:.3g}, "
                        f"layer decay {cfg.optim.layer_decay}, {cfg.schedule.iterations} steps")
     return runner
+
+
+def segmentation_runner(cfg: Config, model: SegEncoderDecoder, train, val, optimizer: torch.optim.Optimizer):
+    """The Runner of both seg commands: mIoU on val one image at a time (sliding windows), the backbone's config
+    recorded with every checkpoint."""
+    hooks = [ModelMetaHook(BACKBONE_PREFIX, dict(model.backbone.net.config))]
+    return build_train_runner(TrainSpec.from_config(cfg, hooks), model, train, optimizer,
+                              experiment_name=cfg.config_name, cfg=cfg,
+                              validation=Validation(val, SegMetric(), "mIoU", batch_size=1),
+                              collate_fn="pseudo_collate")
 
 
 def run_seg_train(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:

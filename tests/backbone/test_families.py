@@ -6,25 +6,13 @@ import argparse
 import re
 
 import pytest
-import timm
 import torch
 
 from backbone import CheckpointError, export_checkpoint, load_model, read_checkpoint
 from backbone.checkpoint import FORMAT_HELP, FORMATS
+from tests.backbone.release_files import DEPTH, reference
 
-DEPTH = 2  # ViT-B width and 224 / 16 key shapes, two blocks
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-
-
-def reference(name, **kwargs):
-    """timm's model `name` with every parameter random (tables, layer scales and biases included)."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, depth=DEPTH, **kwargs).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            is_norm_weight = "norm" in name and name.endswith("weight")
-            param.copy_(torch.randn_like(param) * 0.1 + (1.0 if is_norm_weight else 0.0))
-    return model
 
 
 def state_of(model):

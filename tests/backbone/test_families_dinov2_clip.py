@@ -3,26 +3,19 @@ random weights are the reference, saved in the release's layout (verified agains
 models/vision_transformer.py and openai/CLIP clip/model.py); timm's own checkpoint_filter_fn converting our release
 files back proves the files have the layout timm reads as those releases."""
 import pytest
-import timm
 import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from backbone import CheckpointError, export_checkpoint, load_model, load_pretrained, read_checkpoint
 from backbone.checkpoint import FORMAT_HELP, FORMATS
 from backbone.vit import VisionTransformer
-
-DEPTH = 2
+from tests.backbone import release_files
+from tests.backbone.release_files import clip_release, dinov2_release
 
 
 def reference(name, **kwargs):
-    """timm's model `name` with every parameter random (layer scales, norms and biases included)."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, depth=DEPTH, num_classes=0, **kwargs).eval()
-    with torch.no_grad():
-        for key, param in model.named_parameters():
-            is_norm_weight = "norm" in key and key.endswith("weight")
-            param.copy_(torch.randn_like(param) * 0.1 + (1.0 if is_norm_weight else 0.0))
-    return model
+    """release_files.reference without a classifier: the releases' image towers have none."""
+    return release_files.reference(name, num_classes=0, **kwargs)
 
 
 def images(size):
@@ -46,23 +39,10 @@ def assert_clean(model, report):
 
 # --- DINOv2 ----------------------------------------------------------------------------------------------------------
 
-def dinov2_release(ref):
-    """The hub file's flat state dict: timm's names, pos embed with a [CLS] slot, register_tokens, mask_token (1, D).
-    timm folds [CLS]'s position into cls_token for register models; the release keeps them apart."""
-    state = {k: v.clone() for k, v in ref.state_dict().items()}
-    if "reg_token" in state:
-        cls_pos = torch.randn(1, 1, state["pos_embed"].shape[-1])
-        state["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
-        state["cls_token"] = state["cls_token"] - cls_pos
-        state["register_tokens"] = state.pop("reg_token")
-    state["mask_token"] = torch.zeros(1, state["cls_token"].shape[-1])
-    return state
-
-
 @pytest.mark.parametrize("name", ["vit_base_patch14_dinov2", "vit_base_patch14_reg4_dinov2"])
 def test_dinov2_release_at_518_and_resampled_to_224(tmp_path, name):
     ref = reference(name, img_size=518)
-    release = dinov2_release(ref)
+    release = dinov2_release(ref.state_dict())
     torch.save(release, tmp_path / "dinov2.pth")
     model, report = load_model(tmp_path / "dinov2.pth")
     assert report.format == "dinov2" and model.config["patch_size"] == 14 and model.config["img_size"] == [518, 518]
@@ -92,38 +72,11 @@ def test_register_tokens_are_dropped_from_patch_features():
 
 # --- CLIP ------------------------------------------------------------------------------------------------------------
 
-TIMM_TO_OPENAI = (("patch_embed.proj.", "conv1."), ("norm_pre.", "ln_pre."), ("blocks.", "transformer.resblocks."),
-                  (".norm1.", ".ln_1."), (".norm2.", ".ln_2."), (".attn.qkv.weight", ".attn.in_proj_weight"),
-                  (".attn.qkv.bias", ".attn.in_proj_bias"), (".attn.proj.", ".attn.out_proj."),
-                  (".mlp.fc1.", ".mlp.c_fc."), (".mlp.fc2.", ".mlp.c_proj."))
-
-
-def clip_release(ref):
-    """model.state_dict() of OpenAI's CLIP: the image tower under 'visual.' in its names, with the projection and a
-    (tiny) text tower beside it."""
-    state = {}
-    for key, value in ref.state_dict().items():
-        if key == "cls_token":
-            key, value = "class_embedding", value.reshape(-1)
-        elif key == "pos_embed":
-            key, value = "positional_embedding", value[0]
-        elif key.startswith("norm."):
-            key = key.replace("norm.", "ln_post.")
-        for ours, theirs in TIMM_TO_OPENAI:
-            key = key.replace(ours, theirs)
-        state[f"visual.{key}"] = value.clone()
-    state["visual.proj"] = torch.randn(768, 512)
-    text = {"positional_embedding": torch.randn(77, 64), "token_embedding.weight": torch.randn(100, 64),
-            "transformer.resblocks.0.ln_1.weight": torch.randn(64), "ln_final.weight": torch.randn(64),
-            "text_projection": torch.randn(64, 512), "logit_scale": torch.tensor(4.6)}
-    return state | text
-
-
 @pytest.mark.parametrize("fmt,name", [("clip", "vit_base_patch16_clip_quickgelu_224"),
                                       ("openclip", "vit_base_patch16_clip_224")])
 def test_clip_release(tmp_path, fmt, name):
     ref = reference(name)
-    release = clip_release(ref)
+    release = clip_release(ref.state_dict())
     converted = checkpoint_filter_fn(dict(release), ref)  # timm reads our file as the same image tower
     assert all(torch.equal(converted[k], v) for k, v in ref.state_dict().items())
     torch.save(release, tmp_path / "clip.pt")
@@ -142,7 +95,7 @@ def test_clip_release(tmp_path, fmt, name):
 
 
 def test_clip_auto_detection_asks_for_the_activation_and_a_wrong_model_is_refused(tmp_path):
-    torch.save(clip_release(reference("vit_base_patch16_clip_224")), tmp_path / "clip.pt")
+    torch.save(clip_release(reference("vit_base_patch16_clip_224").state_dict()), tmp_path / "clip.pt")
     with pytest.raises(CheckpointError, match="'clip'.*QuickGELU.*'openclip'.*GELU"):
         read_checkpoint(tmp_path / "clip.pt")
     gelu, _ = load_model(tmp_path / "clip.pt", fmt="openclip")
@@ -152,12 +105,13 @@ def test_clip_auto_detection_asks_for_the_activation_and_a_wrong_model_is_refuse
 
 def test_families_are_formats_and_wrong_family_reads_get_a_hint(tmp_path):
     assert {"dinov2", "clip", "openclip"} <= set(FORMATS) and {"dinov2", "clip", "openclip"} <= set(FORMAT_HELP)
-    torch.save(dinov2_release(reference("vit_base_patch14_reg4_dinov2", img_size=56)), tmp_path / "dinov2.pth")
+    dinov2 = reference("vit_base_patch14_reg4_dinov2", img_size=56)
+    torch.save(dinov2_release(dinov2.state_dict()), tmp_path / "dinov2.pth")
     with pytest.raises(CheckpointError, match="register_tokens.*look like 'dinov2'"):
         read_checkpoint(tmp_path / "dinov2.pth", fmt="dino")
     with pytest.raises(CheckpointError, match="not a CLIP.*look like 'dinov2'"):
         read_checkpoint(tmp_path / "dinov2.pth", fmt="clip")
-    torch.save(clip_release(reference("vit_base_patch16_clip_224")), tmp_path / "clip.pt")
+    torch.save(clip_release(reference("vit_base_patch16_clip_224").state_dict()), tmp_path / "clip.pt")
     with pytest.raises(CheckpointError, match="look like CLIP: read it as 'clip' or 'openclip'"):
         read_checkpoint(tmp_path / "clip.pt", fmt="dinov2")
 
@@ -178,7 +132,7 @@ def module_tree(state):
 
 def test_openai_torchscript_download_is_refused_without_allow_pickle_and_read_with_it(tmp_path):
     ref = reference("vit_base_patch16_clip_quickgelu_224")
-    torch.jit.save(torch.jit.script(module_tree(clip_release(ref))), tmp_path / "ViT-B-16.pt")
+    torch.jit.save(torch.jit.script(module_tree(clip_release(ref.state_dict()))), tmp_path / "ViT-B-16.pt")
     with pytest.raises(CheckpointError, match="TorchScript archive.*--allow-pickle"):
         read_checkpoint(tmp_path / "ViT-B-16.pt", fmt="clip")
     model, report = load_model(tmp_path / "ViT-B-16.pt", fmt="clip", allow_pickle=True)
@@ -189,7 +143,7 @@ def test_openai_torchscript_download_is_refused_without_allow_pickle_and_read_wi
 def test_dinov2_fsdp_block_chunks_unfold_to_the_same_model(tmp_path):
     """Training-time DINOv2 (block_chunks > 0) names block i of chunk c blocks.c.i (indices stay global)."""
     ref = reference("vit_base_patch14_dinov2", img_size=56)
-    release = dinov2_release(ref)
+    release = dinov2_release(ref.state_dict())
     torch.save(release, tmp_path / "flat.pth")
     torch.save({k.replace(f"blocks.{k.split('.')[1]}.", f"blocks.{int(k.split('.')[1]) // 2}.{k.split('.')[1]}.")
                 if k.startswith("blocks.") else k: v for k, v in release.items()}, tmp_path / "chunked.pth")

@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-import timm
 import torch
 
 from benchmarks.cli import main
@@ -18,8 +17,8 @@ from det.train import build_detector
 from engine import load_config
 from seg.train import CONFIGS_DIR as SEG_CONFIGS
 from seg.train import build_segmentor
+from tests.backbone.release_files import random_timm
 
-TINY = dict(embed_dim=192, depth=4, num_heads=3, img_size=96, pretrained=False, num_classes=0)
 DET = {"model.patch_size": 16, "schedule.iterations": 2, "schedule.warmup_iters": 1, "schedule.steps": [1],
        "batch_size": 2, "effective_batch": 2}
 SEG = {"model.patch_size": 16, "data.crop_size": 96, "schedule.iterations": 2, "schedule.warmup_iters": 1,
@@ -27,27 +26,18 @@ SEG = {"model.patch_size": 16, "data.crop_size": 96, "schedule.iterations": 2, "
 CLS = {"schedule.epochs": 1, "schedule.warmup_epochs": 0, "batch_size": 8, "effective_batch": 8}
 
 
-def random_timm(name, **kwargs):
-    torch.manual_seed(0)
-    model = timm.create_model(name, **TINY, **kwargs)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    return model.state_dict()
-
-
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory):
     """BEiT (per-block tables, q / v biases, gamma_1 / gamma_2), DeiT III (gamma_1 / gamma_2) and a DINO training
     checkpoint (teacher under 'backbone.'), each as its release writes it."""
     root = tmp_path_factory.mktemp("releases")
-    beit = {k: v for k, v in random_timm("beit_base_patch16_224", global_pool="token").items()
+    beit = {k: v for k, v in random_timm("beit_base_patch16_224", img_size=96, global_pool="token").items()
             if not k.endswith("relative_position_index")}
     torch.save({"model": beit}, root / "beit.pth")
-    deit3 = random_timm("deit3_base_patch16_224")
+    deit3 = random_timm("deit3_base_patch16_224", img_size=96)
     torch.save({"model": {re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k): v for k, v in deit3.items()}},
                root / "deit3.pth")
-    teacher = {f"backbone.{k}": v for k, v in random_timm("vit_base_patch16_224").items()}
+    teacher = {f"backbone.{k}": v for k, v in random_timm("vit_base_patch16_224", img_size=96).items()}
     student = {f"module.{k}": v for k, v in teacher.items()}
     torch.save({"teacher": teacher, "student": student, "epoch": 1}, root / "dino.pth")
     return root, beit, deit3

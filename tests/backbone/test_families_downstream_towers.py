@@ -7,7 +7,6 @@ ours, as CLIP files are named by format)."""
 import json
 
 import pytest
-import timm
 import torch
 from timm.layers import QuickGELU
 
@@ -24,53 +23,12 @@ from engine import load_config
 from engine.errors import UserInputError
 from seg.train import CONFIGS_DIR as SEG_CONFIGS
 from seg.train import build_segmentor
+from tests.backbone.release_files import clip_release, dinov2_release, random_timm
 
-TINY = dict(embed_dim=192, depth=4, num_heads=3, pretrained=False, num_classes=0)
-TIMM_TO_OPENAI = (("patch_embed.proj.", "conv1."), ("norm_pre.", "ln_pre."), ("blocks.", "transformer.resblocks."),
-                  (".norm1.", ".ln_1."), (".norm2.", ".ln_2."), (".attn.qkv.weight", ".attn.in_proj_weight"),
-                  (".attn.qkv.bias", ".attn.in_proj_bias"), (".attn.proj.", ".attn.out_proj."),
-                  (".mlp.fc1.", ".mlp.c_fc."), (".mlp.fc2.", ".mlp.c_proj."))
 CLS = {"schedule.epochs": 1, "schedule.warmup_epochs": 0, "batch_size": 8, "effective_batch": 8}
 DET = {"schedule.iterations": 2, "schedule.warmup_iters": 1, "schedule.steps": [1], "batch_size": 2,
        "effective_batch": 2}
 SEG = {"schedule.iterations": 2, "schedule.warmup_iters": 1, "batch_size": 2, "effective_batch": 2}
-
-
-def random_timm(name, **kwargs):
-    torch.manual_seed(0)
-    model = timm.create_model(name, **TINY, **kwargs)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
-    return model.state_dict()
-
-
-def dinov2_release(state):
-    """The hub file's layout: [CLS]'s position in pos_embed (timm folds it into cls_token), register_tokens, and
-    the iBOT mask_token."""
-    state = dict(state)
-    cls_pos = torch.randn(1, 1, state["pos_embed"].shape[-1])
-    state["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
-    state["cls_token"] = state["cls_token"] - cls_pos
-    state["register_tokens"] = state.pop("reg_token")
-    state["mask_token"] = torch.zeros(1, state["cls_token"].shape[-1])
-    return state
-
-
-def clip_release(state):
-    """OpenAI's CLIP state dict: the image tower under 'visual.' in its names (the text tower left out)."""
-    renamed = {}
-    for key, value in state.items():
-        if key == "cls_token":
-            key, value = "class_embedding", value.reshape(-1)
-        elif key == "pos_embed":
-            key, value = "positional_embedding", value[0]
-        elif key.startswith("norm."):
-            key = key.replace("norm.", "ln_post.")
-        for ours, theirs in TIMM_TO_OPENAI:
-            key = key.replace(ours, theirs)
-        renamed[f"visual.{key}"] = value
-    return renamed | {"visual.proj": torch.randn(192, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +40,8 @@ def releases(tmp_path_factory):
     torch.save(dinov2, root / "dinov2.pth")
     dinov2_16 = dinov2_release(random_timm("vit_base_patch14_reg4_dinov2", img_size=64, patch_size=16))
     torch.save(dinov2_16, root / "dinov2_p16.pth")
-    torch.save(clip_release(random_timm("vit_base_patch16_clip_quickgelu_224", img_size=64)), root / "clip.pt")
+    torch.save(clip_release(random_timm("vit_base_patch16_clip_quickgelu_224", img_size=64), embed_dim=64,
+                            text_tower=False), root / "clip.pt")
     clip, _ = load_model(root / "clip.pt", fmt="clip")
     export_checkpoint(clip, root / "clip.safetensors")
     return root, dinov2, dinov2_16, clip.state_dict()

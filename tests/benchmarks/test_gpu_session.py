@@ -12,6 +12,7 @@ CHECKS = {  # check name: a line its log must hold
     "env": "torch", "pretrain": "host syncs in our MAE step", "pretrain_compiled": "ours/ref",
     "finetune": "loader alone", "det": "host syncs in the detection training step",
     "seg": "sliding-window inference", "data_rate": "pre-training / reference", "gpu_path": "metrics:",
+    "frozen": "extraction / plain inference", "knn": "chunked / brute force",
 }
 
 
