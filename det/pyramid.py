@@ -27,9 +27,24 @@ def _conv_norm(in_channels: int, out_channels: int, kernel: int) -> nn.Sequentia
                          LayerNorm2d(out_channels, eps=1e-6))
 
 
+def _resamplable(factor: float) -> bool:
+    return factor in (4, 2, 1) or (factor < 1 and (1 / factor).is_integer())
+
+
+def fits_pyramid(patch_size: int) -> bool:
+    """Whether ViTDet's pyramid can resample a ViT map of `patch_size` to each of its strides (4, 8 and 16 can;
+    DINOv2's 14 cannot)."""
+    return all(_resamplable(patch_size / stride) for stride in STRIDES)
+
+
 def resampler(dim: int, factor: float) -> tuple[nn.Module, int]:
     """ViTDet's resampling by `factor` (4: two deconvolutions, 2: one, 1: none, 1/k: k x k max pool) and the
     width it leaves."""
+    if not _resamplable(factor):
+        raise UserInputError(f"ViTDet's simple feature pyramid has no resampling by {factor} (strides 4-32 from "
+                             f"patch {factor * 4:g}): patch sizes 4, 8 and 16 fit it; a patch-14 checkpoint (DINOv2) "
+                             "fits once its patch embedding is resampled (model.resample_patch=True and a recipe "
+                             "patch size of 16 or unset)")
     if factor == 4:
         return nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2, eps=1e-6),
                              nn.GELU(), nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)), dim // 4
@@ -37,11 +52,7 @@ def resampler(dim: int, factor: float) -> tuple[nn.Module, int]:
         return nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), dim // 2
     if factor == 1:
         return nn.Identity(), dim
-    if factor < 1 and (1 / factor).is_integer():
-        return nn.MaxPool2d(int(1 / factor)), dim
-    raise UserInputError(f"ViTDet's simple feature pyramid has no resampling by {factor} (strides 4-32 from patch "
-                         f"{factor * 4:g}): patch sizes 4, 8 and 16 fit it, a patch-14 checkpoint (DINOv2) does "
-                         "not")
+    return nn.MaxPool2d(int(1 / factor)), dim
 
 
 def resampler_layers(patch_size: int) -> list[int]:

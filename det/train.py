@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from mmengine.config import Config
 from mmengine.runner import set_random_seed
+from timm.layers import resample_patch_embed
 from torch import nn
 
 from backbone import Checkpoint, adamw_layer_decay, load_pretrained, read_checkpoint
@@ -24,9 +25,11 @@ from .checkpoint import load_detector_state, read_detector
 from .coco_metric import CocoMetric
 from .data import CocoDetection, coco_paths, collate, eval_transform, lsj_transform
 from .model import ViTDetMaskRCNN, build_mask_rcnn
+from .pyramid import fits_pyramid
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 BACKBONE_PREFIX = "backbone.net."
+DEFAULT_PATCH = 16  # a resampled patch embedding's size where the recipe sets none (ViTDet's)
 RESULTS_FILE = "detections.json"  # COCO results json of the last evaluation, in the work dir
 log = logging.getLogger("droppos_bench")
 
@@ -39,8 +42,11 @@ def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> Vi
     fmt = cfg.ckpt_format
     state = read_detector(cfg.ckpt, fmt, allow_pickle=cfg.allow_pickle) if cfg.ckpt else None
     encoder = read_checkpoint(cfg.ckpt, fmt, allow_pickle=cfg.allow_pickle) if cfg.ckpt and state is None else None
+    options = dict(cfg.model)
+    if options.pop("resample_patch", True) and encoder is not None:
+        encoder = fit_patch_to_pyramid(encoder, options.get("patch_size", DEFAULT_PATCH))
     backbone = encoder or (Checkpoint(cfg.ckpt, "detector", strip_prefix(state, BACKBONE_PREFIX)) if state else None)
-    kwargs = checkpoint_architecture(dict(cfg.model), backbone)
+    kwargs = checkpoint_architecture(options, backbone)
     kwargs.pop("reg_tokens", None)  # ViTDet has no prefix tokens: registers go as [CLS] does
     set_random_seed(cfg.seed)
     model = build_mask_rcnn(num_classes, kwargs.pop("size"), precision=cfg.precision, **kwargs)
@@ -58,6 +64,20 @@ def build_detector(cfg: Config, num_classes: int, pretrained: bool = True) -> Vi
         log.info("%s has %d classes, the dataset %d: its class-specific predictors (%s) are left out and keep their "
                  "fresh initialisation", cfg.ckpt, classes, num_classes, ", ".join(kept))
     return model
+
+
+def fit_patch_to_pyramid(encoder: Checkpoint, patch: int) -> Checkpoint:
+    """The encoder with its patch embedding resampled to `patch` when ViTDet's pyramid cannot take its own patch size
+    (DINOv2's 14), by FlexiViT's pseudo-inverse resize (timm's resample_patch_embed): a token then sees `patch`
+    pixels as the pre-trained one saw its own, i.e. the image at patch / own scale. Its positions are resampled to
+    the new grid when it loads, as always."""
+    weight = encoder.state.get("patch_embed.proj.weight")
+    if weight is None or fits_pyramid(weight.shape[-1]):
+        return encoder
+    log.info("%s: patch size %d does not fit ViTDet's pyramid (strides 4-32): its patch embedding is resampled to "
+             "%d (FlexiViT's resize)", encoder.path, weight.shape[-1], patch)
+    resampled = resample_patch_embed(weight.float(), [patch, patch]).to(weight.dtype)
+    return replace(encoder, state={**encoder.state, "patch_embed.proj.weight": resampled})
 
 
 def vitdet_encoder(encoder: Checkpoint) -> Checkpoint:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from timm.layers import QuickGELU
+from timm.layers import QuickGELU, resample_patch_embed
 
 from backbone import CheckpointError, export_checkpoint, load_model, read_checkpoint
 from backbone.checkpoint_load import checkpoint_architecture
@@ -134,14 +134,27 @@ def test_segmentation_carries_registers_and_drops_them_from_the_maps(releases, d
     assert isinstance(net.blocks[0].mlp.act, QuickGELU) and net.norm_pre.weight.equal(clip["norm_pre.weight"])
 
 
+def test_detection_resamples_a_patch_14_encoder_to_the_recipes_patch_size(releases, data):
+    """DINOv2's patch 14 fits no stride of ViTDet's pyramid: its patch embedding is resampled (FlexiViT's resize, as
+    timm's resample_patch_embed computes it) to the recipe's patch size, here the tiny recipe's 8; or refused."""
+    root, dinov2, _, _ = releases
+    overrides = {"data.root": str(data), "ckpt": str(root / "dinov2.pth"), "model.pretrain_img_size": 56}
+    net = build_detector(load_config("mask_rcnn_tiny_synth", overrides, configs_dir=DET_CONFIGS), 8).backbone.net
+    expected = resample_patch_embed(dinov2["patch_embed.proj.weight"], [8, 8])
+    assert net.config["patch_size"] == 8 and torch.equal(net.patch_embed.proj.weight, expected)
+    assert torch.equal(net.blocks[1].attn.qkv.weight, dinov2["blocks.1.attn.qkv.weight"])  # the rest as it was
+    refused = load_config("mask_rcnn_tiny_synth", {**overrides, "model.resample_patch": False}, configs_dir=DET_CONFIGS)
+    with pytest.raises(CheckpointError, match="patch size 14, the model's 8"):
+        build_detector(refused, 8)
+
+
 @pytest.mark.parametrize("task", ["cls", "posprobe", "det", "seg"])
 def test_a_tiny_run_of_each_task_trains_from_a_dinov2_file(releases, data, tmp_path, task):
     root = releases[0]
     words, config, values = {
         "cls": (["cls", "finetune"], "finetune_tiny_synth", {"data.root": data, "model.img_size": 56, **CLS}),
         "posprobe": (["cls", "posprobe"], "posprobe_tiny_synth", {"data.root": data, "model.img_size": 56, **CLS}),
-        "det": (["det", "train"], "mask_rcnn_tiny_synth", {"data.root": data, "model.patch_size": 16,
-                                                           "ckpt": root / "dinov2_p16.pth", **DET}),
+        "det": (["det", "train"], "mask_rcnn_tiny_synth", {"data.root": data, "model.pretrain_img_size": 56, **DET}),
         "seg": (["seg", "train"], "upernet_tiny_synth", {"data.root": data / "ade" / "ADEChallengeData2016",
                                                          "model.patch_size": 14, "data.crop_size": 56, **SEG}),
     }[task]

@@ -240,6 +240,7 @@ def test_det_train_starts_from_a_whole_detector_ours_or_detectron2s(data, short_
                   zero_background=True)
     cfg = config(data, tmp_path)
     model_cfg = resolve_extensions(dict(cfg.model), None)  # layer scale "auto": none without a checkpoint
+    model_cfg.pop("resample_patch")  # what build_detector does to a checkpoint, not a model option
     torch.manual_seed(5)
     five = build_mask_rcnn(5, model_cfg.pop("size"), **model_cfg).state_dict()  # trained on another class set
     save_detectron2(five, tmp_path / "five_classes.pth")

@@ -22,6 +22,9 @@ model = dict(
     window_size=14,  # window attention except in ViTDet's global blocks (2, 5, 8, 11 for ViT-B)
     drop_path_rate=0.1,
     layer_scale_init="auto",  # layer scales (DeiT III, BEiT) where the checkpoint has them
+    # a checkpoint whose patch size the pyramid cannot take (DINOv2's 14) gets its patch embedding resampled to the
+    # recipe's patch_size (16 where unset; FlexiViT's resize); False refuses such a checkpoint
+    resample_patch=True,
     out_channels=256,  # feature pyramid width
     head_channels=256,  # RPN / box / mask head convolutions
     fc_channels=1024,  # box head fully connected layer
