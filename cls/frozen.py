@@ -20,6 +20,7 @@ import torch
 from mmengine.config import Config
 from torch.utils.tensorboard import SummaryWriter
 
+from backbone import read_checkpoint
 from engine.config import check_gpu, load_config
 from engine.errors import UserInputError
 from engine.folder_index import folder_stamps
@@ -34,6 +35,9 @@ from .linear_heads import fit_linear_grid
 
 log = logging.getLogger("droppos_bench")
 POOL_FEATURE = {"token": "cls", "avg": "avg"}
+# families whose fine-tuning pools the mean patch token (MAE, BEiT, their kin, and our own pre-trainings): their
+# [CLS] is never trained for an image-level objective
+MEAN_POOLED = ("droppos", "mae", "beit", "beitv2", "data2vec", "simmim", "cae")
 
 
 def load_split_features(cfg: Config) -> tuple[CachedFeatures, CachedFeatures]:
@@ -62,6 +66,16 @@ def load_split_features(cfg: Config) -> tuple[CachedFeatures, CachedFeatures]:
                                bf16=cfg.precision == "bf16", flush_every=cfg.features.flush_every, describe=describe)
         cached.append(features)
     return cached[0], cached[1]
+
+
+def checkpoint_pooling(cfg: Config) -> str:
+    """"avg" for a checkpoint of a mean-pooled family (MEAN_POOLED: by its format, the format it was converted from,
+    or our pre-training's record), "token" otherwise and for a random init."""
+    if not cfg.ckpt:
+        return "token"
+    ckpt = read_checkpoint(cfg.ckpt, cfg.ckpt_format, allow_pickle=cfg.allow_pickle)
+    family = ckpt.meta.get("source_format", ckpt.format)
+    return "avg" if family in MEAN_POOLED or "pretrain" in ckpt.meta else "token"
 
 
 def _device() -> torch.device:
@@ -98,10 +112,12 @@ def _write_metrics(cfg: Config, last: dict[str, Any], scalars: dict[str, list[tu
 def run_knn(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
     """k-NN top-1 / top-5 on val for every k of the config; "last" holds `knn.report_k`'s."""
     cfg = _config("cls knn", config, overrides)
-    feature = POOL_FEATURE.get(cfg.knn.feature, cfg.knn.feature)
+    chosen = checkpoint_pooling(cfg) if cfg.knn.feature == "auto" else cfg.knn.feature
+    feature = POOL_FEATURE.get(chosen, chosen)
     if feature not in ("cls", "avg"):
-        raise UserInputError(f"knn.feature={cfg.knn.feature!r}; expected 'token' / 'cls' ([CLS]) or 'avg' (mean "
-                             "patch token)")
+        raise UserInputError(f"knn.feature={cfg.knn.feature!r}; expected 'auto' (the checkpoint family's pooling), "
+                             "'token' / 'cls' ([CLS]) or 'avg' (mean patch token)")
+    log.info("k-NN on the %s feature%s", feature, " (the checkpoint family's)" if cfg.knn.feature == "auto" else "")
     if cfg.knn.report_k not in cfg.knn.ks:
         raise UserInputError(f"knn.report_k={cfg.knn.report_k} is not one of knn.ks={tuple(cfg.knn.ks)}")
     train, val = load_split_features(cfg)

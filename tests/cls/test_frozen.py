@@ -121,3 +121,23 @@ def test_bad_options_name_the_key(ramps, tmp_path):
         frozen.run_linear("linear_tiny_ramps", {**common, "linear.features": ("cls8",)})
     with pytest.raises(UserInputError, match="features.last_layers=4; .* at most the encoder's 2 blocks"):
         frozen.run_knn("knn_tiny_ramps", {**common, "features.last_layers": 4})
+
+
+@pytest.mark.parametrize(("meta", "fmt", "pooling"), [
+    ({"pretrain": {"type": "DropPos"}}, "auto", "avg"),  # our own pre-training's export
+    ({"source_format": "mae"}, "auto", "avg"),  # converted from a mean-pooled family
+    ({"source_format": "dino"}, "auto", "token"),
+    ({}, "auto", "token"),
+    ({}, "mae", "avg"),  # named as a mean-pooled family's release
+])
+def test_knn_reads_the_feature_the_checkpoints_family_pools(tmp_path, meta, fmt, pooling):
+    torch.manual_seed(0)
+    path = tmp_path / ("encoder.safetensors" if fmt == "auto" else "model.pth")
+    if fmt == "auto":
+        export_checkpoint(build_vit("tiny", img_size=64, depth=2), path, meta=meta)
+    else:
+        torch.save({"model": build_vit("tiny", img_size=64, depth=2).state_dict()}, path)
+    cfg = frozen.load_config("knn_tiny_ramps", {"ckpt": str(path), "ckpt_format": fmt},
+                             configs_dir=frozen.CONFIGS_DIR)
+    assert frozen.checkpoint_pooling(cfg) == pooling
+    assert frozen.checkpoint_pooling(frozen.load_config("knn_tiny_ramps", configs_dir=frozen.CONFIGS_DIR)) == "token"
