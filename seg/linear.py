@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.config import Config, ConfigDict
-from mmengine.model import BaseModule, revert_sync_batchnorm
+from mmengine.model import BaseModule
 from mmengine.runner import set_random_seed
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
@@ -29,7 +29,7 @@ from engine.errors import UserInputError
 from engine.runner import train_from_config
 
 from .data import build_seg_dataset
-from .model import IGNORE_INDEX, MEAN_RGB, STD_RGB, SegEncoderDecoder, build_mmseg_model
+from .model import IGNORE_INDEX, MEAN_RGB, STD_RGB, SegEncoderDecoder, build_segmentor_for_device
 from .train import CONFIGS_DIR, segmentation_runner
 
 # model-config keys that shape the probe rather than the ViT
@@ -139,10 +139,8 @@ def build_linear_segmentor(cfg: Config, num_classes: int) -> SegEncoderDecoder:
     probe["final_norm"] = resolve_final_norm(probe["final_norm"], ckpt)
     width = options.get("embed_dim", VIT_SIZES[options["size"]]["embed_dim"])
     set_random_seed(cfg.seed)
-    model = build_mmseg_model(linear_config(num_classes, cfg.data.crop_size, options, width, **probe,
-                                            bf16=cfg.precision == "bf16"))
-    if not torch.cuda.is_available():
-        model = revert_sync_batchnorm(model)  # SyncBN runs on GPUs only, also under DDP
+    model = build_segmentor_for_device(linear_config(num_classes, cfg.data.crop_size, options, width, **probe,
+                                                     bf16=cfg.precision == "bf16"))
     if ckpt is not None:
         log.info("%s", load_pretrained(model.backbone.net, ckpt, allowed_missing=()))
     else:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from mmengine.config import ConfigDict
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, revert_sync_batchnorm
 from mmengine.registry import DefaultScope
 from mmengine.structures import BaseDataElement
 from mmseg.models import SegDataPreProcessor
@@ -176,3 +176,10 @@ def build_mmseg_model(config: dict) -> torch.nn.Module:
     types whatever scope a Runner has set as default."""
     with DefaultScope.overwrite_default_scope("mmseg"):
         return MODELS.build(config)
+
+
+def build_segmentor_for_device(config: dict) -> torch.nn.Module:
+    """`build_mmseg_model`, its SyncBN turned into BatchNorm where no GPU runs it (SyncBN runs on GPUs only, also
+    under DDP)."""
+    model = build_mmseg_model(config)
+    return model if torch.cuda.is_available() else revert_sync_batchnorm(model)

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from mmengine.config import Config
-from mmengine.model import revert_sync_batchnorm
 from mmengine.runner import set_random_seed
 
 from backbone import VIT_SIZES, adamw_layer_decay, load_pretrained
@@ -19,7 +18,7 @@ from engine.runner import TrainSpec, Validation, train_from_config
 
 from .data import build_seg_dataset
 from .metric import SegMetric
-from .model import SegEncoderDecoder, build_mmseg_model, upernet_config
+from .model import SegEncoderDecoder, build_segmentor_for_device, upernet_config
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 BACKBONE_PREFIX = "backbone.net."
@@ -39,10 +38,8 @@ def build_segmentor(cfg: Config, num_classes: int, pretrained: bool = True) -> S
     heads = {key: options.pop(key) for key in HEAD_OPTIONS}
     width = options.get("embed_dim", VIT_SIZES[options["size"]]["embed_dim"])
     set_random_seed(cfg.seed)
-    model = build_mmseg_model(upernet_config(num_classes, cfg.data.crop_size, options, width, **heads,
-                                             bf16=cfg.precision == "bf16"))
-    if not torch.cuda.is_available():
-        model = revert_sync_batchnorm(model)  # SyncBN runs on GPUs only, also under DDP
+    model = build_segmentor_for_device(upernet_config(num_classes, cfg.data.crop_size, options, width, **heads,
+                                                      bf16=cfg.precision == "bf16"))
     if ckpt is not None and pretrained:
         log.info("%s", load_pretrained(model.backbone.net, ckpt, allowed_missing=EXTENSION_KEYS))
     return model
