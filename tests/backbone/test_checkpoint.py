@@ -12,6 +12,7 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from backbone import CheckpointError, build_vit, export_checkpoint, load_model, load_pretrained, read_checkpoint
 from backbone.checkpoint_export import to_detectron2_vitdet, to_mmseg_mae
 from backbone.vit import VisionTransformer
+from tests.backbone.release_files import droppos_decoder, droppos_release, mocov3_release
 
 TINY = dict(depth=2, img_size=224, patch_size=16)  # ViT-Tiny width, 2 blocks: real 224/16 key shapes
 
@@ -30,23 +31,11 @@ def encoder_state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def droppos_decoder(width=192, patches=196):
-    return {
-        "mask_pos_token": torch.randn(1, 1, width),
-        "decoder_embed.weight": torch.randn(512, width), "decoder_embed.bias": torch.randn(512),
-        "decoder_blocks.0.norm1.weight": torch.randn(512), "decoder_blocks.0.attn.qkv.weight": torch.randn(1536, 512),
-        "decoder_norm.weight": torch.randn(512), "decoder_norm.bias": torch.randn(512),
-        "decoder_pred.weight": torch.randn(patches, 512), "decoder_pred.bias": torch.randn(patches),
-    }
-
-
 def write_droppos(model, path):
     """The authors' release layout: DDP state dict under 'state_dict', arch name string under 'model'."""
-    state = {**encoder_state(model), **droppos_decoder()}
+    state = encoder_state(model)
     assert state["pos_embed"].shape == (1, 197, 192)
-    torch.save({"epoch": 200, "state_dict": {"module." + k: v for k, v in state.items()},
-                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
-                "model": "DropPos_mae_vit_base_patch16_dec512d2b"}, path)
+    torch.save(droppos_release(state), path)
 
 
 def write_mae(model, path):
@@ -62,12 +51,7 @@ def write_timm_safetensors(model, path):
 
 
 def write_mocov3(model, path):
-    state = encoder_state(model)
-    wrapped = {f"module.base_encoder.{k}": v for k, v in state.items()}
-    wrapped |= {f"module.momentum_encoder.{k}": v + 1 for k, v in state.items()}
-    wrapped |= {"module.base_encoder.head.0.weight": torch.randn(4096, 192),
-                "module.predictor.0.weight": torch.randn(8, 8)}
-    torch.save({"epoch": 300, "arch": "vit_base", "state_dict": wrapped, "optimizer": {}}, path)
+    torch.save(mocov3_release(encoder_state(model)), path)
 
 
 def write_ours(model, path):

@@ -2,15 +2,18 @@
 random weights is the reference, saved in the release's own layout (verified against the releases' code: DINO's
 main_dino.py and utils.MultiCropWrapper, iBOT's main_ibot.py and analysis/combine_ckpt.py, Meta's deit models_v2.py,
 unilm's beit / beit2 modeling_pretrain.py, Hugging Face's data2vec-vision conversion script)."""
-import argparse
-import re
-
 import pytest
 import torch
 
 from backbone import CheckpointError, export_checkpoint, load_model, read_checkpoint
 from backbone.checkpoint import FORMAT_HELP, FORMATS
-from tests.backbone.release_files import DEPTH, reference
+from tests.backbone.release_files import (
+    DEPTH,
+    dino_training_checkpoint,
+    reference,
+    timm_to_beit_release,
+    timm_to_deit3_release,
+)
 
 IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
@@ -45,24 +48,6 @@ def assert_exact(path, ref, fmt="auto", expect_format=None, **kwargs):
 
 # --- DINO and iBOT: plain ViT, teacher and student -------------------------------------------------------------------
 
-def projection_head(prefix):
-    """DINOHead / iBOTHead keys (MLP + weight-normed last layer), to be left out."""
-    return {f"{prefix}head.mlp.0.weight": torch.randn(64, 768), f"{prefix}head.mlp.0.bias": torch.randn(64),
-            f"{prefix}head.last_layer.weight_g": torch.randn(128, 1), f"{prefix}head.last_layer.weight_v": torch.randn(
-                128, 64)}
-
-
-def dino_training_checkpoint(teacher, student, loss_key="dino_loss", masked_embed=False):
-    """main_dino.py's save_dict: the student is DDP-wrapped ('module.'), the teacher not; MultiCropWrapper puts the
-    ViT under 'backbone.' and the projection head under 'head.'. iBOT's student also has masked_embed."""
-    teacher_keys = {f"backbone.{k}": v for k, v in state_of(teacher).items()} | projection_head("")
-    student_state = state_of(student) | ({"masked_embed": torch.randn(1, 768)} if masked_embed else {})
-    student_keys = {f"module.backbone.{k}": v for k, v in student_state.items()} | projection_head("module.")
-    return {"student": student_keys, "teacher": teacher_keys, "optimizer": {"state": {}, "param_groups": []},
-            "epoch": 100, "args": argparse.Namespace(arch="vit_base", patch_size=16), loss_key: {
-                "center": torch.zeros(1, 128)}}
-
-
 @pytest.fixture(scope="module")
 def dino_pair():
     teacher = reference("vit_base_patch16_224", num_classes=0)
@@ -77,7 +62,8 @@ def dino_pair():
 def test_training_checkpoint_gives_teacher_by_default_and_student_on_request(tmp_path, dino_pair, family, loss_key):
     teacher, student = dino_pair
     path = tmp_path / "checkpoint.pth"
-    torch.save(dino_training_checkpoint(teacher, student, loss_key, masked_embed=family == "ibot"), path)
+    release = dino_training_checkpoint(state_of(teacher), state_of(student), loss_key, masked_embed=family == "ibot")
+    torch.save(release, path)
     diff, report = assert_exact(path, teacher, expect_format=family)
     assert any("teacher backbone" in note and f"'{family}:student'" in note for note in report.notes)
     assert any("projection head left out: head.mlp.*.weight, head.mlp.*.bias" in note for note in report.notes)
@@ -103,11 +89,6 @@ def test_backbone_only_releases(tmp_path, dino_pair):
 
 # --- DeiT III: layer scale, no position for [CLS] ---------------------------------------------------------------------
 
-def timm_to_deit3_release(state):
-    """timm's ls1.gamma / ls2.gamma as Meta's deit models_v2.py names them (gamma_1 / gamma_2), under 'model'."""
-    return {"model": {re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k): v for k, v in state.items()}}
-
-
 def test_deit3_release(tmp_path):
     ref = reference("deit3_base_patch16_224")
     release = timm_to_deit3_release(state_of(ref))
@@ -123,25 +104,6 @@ def test_deit3_release(tmp_path):
 
 
 # --- BEiT, BEiT v2, data2vec: q / v biases, relative position tables, layer scale -------------------------------------
-
-def timm_to_beit_release(state, shared_table=False, pretraining=False, beitv2=False):
-    """timm's Beit state in unilm's release layout: the same keys (q_bias / v_bias, gamma_1 / gamma_2) plus each
-    table's relative_position_index buffer; pre-training files share one table ('rel_pos_bias.') and carry
-    mask_token, lm_head (and BEiT v2's cls_pt_layers)."""
-    release = dict(state)
-    tables = [k for k in state if k.endswith("relative_position_bias_table")]
-    for key in tables:
-        release[key.replace("bias_table", "index")] = torch.zeros(197, 197, dtype=torch.long)
-    if shared_table:  # timm's reference built with use_shared_rel_pos_bias keeps it under rel_pos_bias. already
-        assert tables == ["rel_pos_bias.relative_position_bias_table"]
-    if pretraining:
-        release |= {"mask_token": torch.randn(1, 1, 768), "lm_head.weight": torch.randn(8192, 768),
-                    "lm_head.bias": torch.randn(8192)}
-    if beitv2:
-        release |= {"cls_pt_layers.0.norm1.weight": torch.randn(768), "cls_pt_layers.0.attn.q_bias": torch.randn(768),
-                    "cls_pt_layers.0.gamma_1": torch.randn(768)}
-    return release
-
 
 BEIT_CASES = {
     # fine-tuned BEiT: per-block tables, mean pooling into fc_norm, a head

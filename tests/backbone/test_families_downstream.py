@@ -3,7 +3,6 @@ the layer scales and BEiT's relative position tables the file has, detection kee
 BEiT's tables out for ViTDet's own, segmentation keeps both; and a tiny run of each task trains from a BEiT file.
 The files are timm's classes with random weights at ViT-Tiny width, saved in each release's layout."""
 import json
-import re
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from det.train import build_detector
 from engine import load_config
 from seg.train import CONFIGS_DIR as SEG_CONFIGS
 from seg.train import build_segmentor
-from tests.backbone.release_files import random_timm
+from tests.backbone.release_files import random_timm, timm_to_deit3_release
 
 DET = {"model.patch_size": 16, "schedule.iterations": 2, "schedule.warmup_iters": 1, "schedule.steps": [1],
        "batch_size": 2, "effective_batch": 2}
@@ -35,8 +34,7 @@ def releases(tmp_path_factory):
             if not k.endswith("relative_position_index")}
     torch.save({"model": beit}, root / "beit.pth")
     deit3 = random_timm("deit3_base_patch16_224", img_size=96)
-    torch.save({"model": {re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k): v for k, v in deit3.items()}},
-               root / "deit3.pth")
+    torch.save(timm_to_deit3_release(deit3), root / "deit3.pth")
     teacher = {f"backbone.{k}": v for k, v in random_timm("vit_base_patch16_224", img_size=96).items()}
     student = {f"module.{k}": v for k, v in teacher.items()}
     torch.save({"teacher": teacher, "student": student, "epoch": 1}, root / "dino.pth")

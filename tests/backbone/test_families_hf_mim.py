@@ -16,6 +16,7 @@ from backbone import CheckpointError, load_model, read_checkpoint
 from backbone.checkpoint import FORMAT_HELP, FORMATS
 from backbone.families import detect_family
 from engine.errors import MissingInputError
+from tests.backbone.release_files import cae_release, randomize, simmim_release
 
 transformers = pytest.importorskip("transformers")  # the test extra
 
@@ -24,16 +25,6 @@ IMAGES = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 SMALL = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 HF_SIZE = dict(hidden_size=64, num_hidden_layers=DEPTH, num_attention_heads=4, intermediate_size=128, image_size=32,
                patch_size=8)
-
-
-def randomize(model):
-    """Every parameter random, LayerNorm weights around 1 (tables, layer scales and biases included)."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            is_norm_weight = ("norm" in name or "layernorm" in name) and name.endswith("weight")
-            param.copy_(torch.randn_like(param) * 0.1 + (1.0 if is_norm_weight else 0.0))
-    return model.eval()
 
 
 def check_report(model, report):
@@ -155,16 +146,6 @@ def assert_same_features(path, ref, **kwargs):
     return report, diff
 
 
-def simmim_release(state):
-    """main_simmim.py's save_state: SimMIM(encoder=VisionTransformerForSimMIM, decoder=Sequential(Conv2d, PixelShuffle))
-    under 'model'; the ViT-B recipe has a shared relative position table (USE_SHARED_RPB), layer scale 0.1, no APE."""
-    encoder = dict(state) | {"mask_token": torch.randn(1, 1, 768),
-                             "rel_pos_bias.relative_position_index": torch.zeros(197, 197, dtype=torch.long)}
-    model = {f"encoder.{k}": v for k, v in encoder.items()}
-    model |= {"decoder.0.weight": torch.randn(16 * 16 * 3, 768, 1, 1), "decoder.0.bias": torch.randn(16 * 16 * 3)}
-    return {"model": model, "optimizer": {}, "lr_scheduler": {}, "max_accuracy": 0.0, "epoch": 799}
-
-
 def test_simmim_release(tmp_path):
     ref = beit_reference(use_abs_pos_emb=False, use_rel_pos_bias=False, use_shared_rel_pos_bias=True)
     torch.save(simmim_release(ref.state_dict()), tmp_path / "simmim_pretrain__vit_base__img224__800ep.pth")
@@ -175,18 +156,6 @@ def test_simmim_release(tmp_path):
     assert "encoder.mask_token left out" in notes and "k bias zero (SimMIM has none)" in notes
     assert f"shared relative position table copied to {DEPTH} blocks" in notes and "pos_embed of zeros" in notes
     print(f"simmim: max abs diff {diff:.2e}\n{report}")
-
-
-def cae_release(encoder_state, teacher_state):
-    """modeling_cae.py's VisionTransformerForMaskedImageModeling.state_dict() under 'model': the encoder, its momentum
-    teacher, the latent regressor / decoder (pretext_neck) and the decoder's mask token."""
-    model = {f"encoder.{k}": v for k, v in encoder_state.items()}
-    model |= {f"teacher.{k}": v for k, v in teacher_state.items()}
-    model |= {"pretext_neck.regressor_blocks.0.norm1_q.weight": torch.randn(768),
-              "pretext_neck.regressor_blocks.0.cross_attn.q.weight": torch.randn(768, 768),
-              "pretext_neck.decoder_blocks.0.attn.q_bias": torch.randn(768),
-              "pretext_neck.head.weight": torch.randn(8192, 768), "mask_token": torch.randn(1, 1, 768)}
-    return {"model": model, "epoch": 1599}
 
 
 def test_cae_release(tmp_path):
