@@ -21,6 +21,7 @@ from mmengine.config import Config
 from torch.utils.tensorboard import SummaryWriter
 
 from backbone import read_checkpoint
+from backbone.checkpoint import last_run_checkpoint
 from engine.config import check_gpu, load_config
 from engine.errors import UserInputError
 from engine.folder_index import folder_stamps
@@ -47,7 +48,9 @@ def load_split_features(cfg: Config) -> tuple[CachedFeatures, CachedFeatures]:
     splits = {split: image_folder(cfg.data.root, split, eval_transform(size), cfg.data.skip_invalid,
                                   every_class=split == "train") for split in ("train", "val")}
     check_same_classes(splits["train"], splits["val"], cfg.data.root)
-    weights = file_digest(cfg.ckpt) if cfg.ckpt else f"random init, seed {cfg.seed}"
+    weights = f"random init, seed {cfg.seed}"
+    if cfg.ckpt:  # a training run's work dir stands for its last checkpoint, as everywhere
+        weights = file_digest(last_run_checkpoint(cfg.ckpt) if Path(cfg.ckpt).is_dir() else cfg.ckpt)
     net = None
     cached = []
     for split, dataset in splits.items():

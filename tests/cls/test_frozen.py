@@ -141,3 +141,14 @@ def test_knn_reads_the_feature_the_checkpoints_family_pools(tmp_path, meta, fmt,
                              configs_dir=frozen.CONFIGS_DIR)
     assert frozen.checkpoint_pooling(cfg) == pooling
     assert frozen.checkpoint_pooling(frozen.load_config("knn_tiny_ramps", configs_dir=frozen.CONFIGS_DIR)) == "token"
+
+
+def test_a_training_runs_work_dir_stands_for_its_last_checkpoint(ramps, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ckpt = tiny_encoder(run_dir / "encoder.safetensors", seed=0)
+    (run_dir / "last_checkpoint").write_text(str(ckpt))
+    knn = run("knn", "knn_tiny_ramps", ckpt=run_dir, work_dir=tmp_path / "knn",
+              **{"data.root": ramps, "features.cache_dir": tmp_path / "cache"})
+    meta = json.loads((Path(knn["features"][0]) / features.META).read_text())
+    assert meta["weights"] == features.file_digest(ckpt)
