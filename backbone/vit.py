@@ -244,7 +244,8 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "token" else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if global_pool == "avg" else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
-        self._init_weights(pos_embed)
+        if not self.patch_embed.proj.weight.is_meta:  # built on the meta device to take a checkpoint's tensors
+            self._init_weights(pos_embed)
 
     def _init_weights(self, pos_embed: str) -> None:
         """MAE's initialisation: xavier linears, fixed sin-cos table, head trunc-normal with std 2e-5."""
