@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import importlib
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -95,78 +96,16 @@ def run_posacc_command(args: argparse.Namespace) -> None:
                figure_images=args.figure_images, allow_pickle=args.allow_pickle, device=args.device)
 
 
-# The task stacks load slowly, so each handler imports its task only when it runs. Training commands print the
-# file they return; the evaluations report themselves.
-def run_pretrain(args: argparse.Namespace) -> None:
-    from pretrain import train
+def config_task(module: str, function: str, prints: str | None = "metrics") -> Callable[[argparse.Namespace], None]:
+    """The handler of a config command: it imports `module` only when it runs (the task stacks load slowly), calls
+    its `function` with the config and overrides, and prints the file that returns under the label `prints` (None:
+    an evaluation, which reports itself)."""
+    def handler(args: argparse.Namespace) -> None:
+        result = getattr(importlib.import_module(module), function)(args.config, args.overrides)
+        if prints:
+            print(f"{prints}: {result}")
 
-    print(f"encoder: {train.run_pretrain(args.config, args.overrides)}")
-
-
-def run_cls_finetune(args: argparse.Namespace) -> None:
-    from cls import finetune
-
-    print(f"metrics: {finetune.run_finetune(args.config, args.overrides)}")
-
-
-def run_cls_eval(args: argparse.Namespace) -> None:
-    from cls import evaluate
-
-    evaluate.run_eval(args.config, args.overrides)
-
-
-def run_cls_linprobe(args: argparse.Namespace) -> None:
-    from cls import linprobe
-
-    print(f"metrics: {linprobe.run_linprobe(args.config, args.overrides)}")
-
-
-def run_cls_knn(args: argparse.Namespace) -> None:
-    from cls import frozen
-
-    print(f"metrics: {frozen.run_knn(args.config, args.overrides)}")
-
-
-def run_cls_linear(args: argparse.Namespace) -> None:
-    from cls import frozen
-
-    print(f"metrics: {frozen.run_linear(args.config, args.overrides)}")
-
-
-def run_cls_posprobe(args: argparse.Namespace) -> None:
-    from cls import position_probe
-
-    print(f"metrics: {position_probe.run_posprobe(args.config, args.overrides)}")
-
-
-def run_det_train(args: argparse.Namespace) -> None:
-    from det import train
-
-    print(f"metrics: {train.run_det_train(args.config, args.overrides)}")
-
-
-def run_det_eval(args: argparse.Namespace) -> None:
-    from det import evaluate
-
-    evaluate.run_det_eval(args.config, args.overrides)
-
-
-def run_seg_train(args: argparse.Namespace) -> None:
-    from seg import train
-
-    print(f"metrics: {train.run_seg_train(args.config, args.overrides)}")
-
-
-def run_seg_linear(args: argparse.Namespace) -> None:
-    from seg import linear
-
-    print(f"metrics: {linear.run_seg_linear(args.config, args.overrides)}")
-
-
-def run_seg_eval(args: argparse.Namespace) -> None:
-    from seg import evaluate
-
-    evaluate.run_seg_eval(args.config, args.overrides)
+    return handler
 
 
 class OverrideAction(DictAction):
@@ -230,7 +169,7 @@ def add_convert_command(sub: argparse._SubParsersAction) -> None:
 
 def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     """`pretrain` and `posacc`, the position accuracy of what it trained."""
-    add_config_command(sub, "pretrain", run_pretrain,
+    add_config_command(sub, "pretrain", config_task("pretrain.train", "run_pretrain", "encoder"),
                        "pre-train DropPos, MAE, MAE+ or AdPE on an ImageNet-layout folder (mmengine)",
                        "config file, or the name of a shipped one (pretrain/configs/), e.g. droppos_vit_base_200ep "
                        "or ablations/tab1_gamma_0.50", "e.g. data.root=/data/imagenet schedule.epochs=100")
@@ -254,24 +193,24 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
 
 def add_cls_commands(sub: argparse._SubParsersAction) -> None:
     cls = sub.add_parser("cls", help="classification benchmarks").add_subparsers(dest="cls_command", required=True)
-    add_config_command(cls, "finetune", run_cls_finetune,
+    add_config_command(cls, "finetune", config_task("cls.finetune", "run_finetune"),
                        "fine-tune a pre-trained ViT end to end on an ImageNet-layout folder",
                        "config file, or the name of a shipped one (cls/configs/), e.g. finetune_vit_base_100ep",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=...")
-    add_config_command(cls, "eval", run_cls_eval,
+    add_config_command(cls, "eval", config_task("cls.evaluate", "run_eval", None),
                        "top-1 / top-5 of a fine-tuned checkpoint on the val split",
                        "the fine-tuning config (model, data, batch size)",
                        "ckpt=PATH (required), data.root=..., work_dir=... (metrics.json goes there)")
-    add_config_command(cls, "linprobe", run_cls_linprobe,
+    add_config_command(cls, "linprobe", config_task("cls.linprobe", "run_linprobe"),
                        "linear probe of a frozen backbone (MAE protocol: BN + linear, LARS)",
                        "config file or shipped name, e.g. linprobe_vit_base", "ckpt=PATH, data.root=...")
-    add_config_command(cls, "posprobe", run_cls_posprobe,
+    add_config_command(cls, "posprobe", config_task("cls.position_probe", "run_posprobe"),
                        "position-sensitivity probe of a frozen backbone (paper Tab. 7)",
                        "config file or shipped name, e.g. posprobe_vit_base", "ckpt=PATH (required), data.root=...")
-    add_config_command(cls, "knn", run_cls_knn,
+    add_config_command(cls, "knn", config_task("cls.frozen", "run_knn"),
                        "weighted k-NN on cached frozen features (DINO's protocol), minutes instead of days",
                        "config file or shipped name, e.g. knn_vit_base", "ckpt=PATH, data.root=...")
-    add_config_command(cls, "linear", run_cls_linear,
+    add_config_command(cls, "linear", config_task("cls.frozen", "run_linear"),
                        "a grid of linear heads on cached frozen features (DINOv2's protocol)",
                        "config file or shipped name, e.g. linear_vit_base", "ckpt=PATH, data.root=...")
 
@@ -279,11 +218,11 @@ def add_cls_commands(sub: argparse._SubParsersAction) -> None:
 def add_det_commands(sub: argparse._SubParsersAction) -> None:
     det = sub.add_parser("det", help="COCO detection and instance segmentation (ViTDet Mask R-CNN)")
     det_commands = det.add_subparsers(dest="det_command", required=True)
-    add_config_command(det_commands, "train", run_det_train,
+    add_config_command(det_commands, "train", config_task("det.train", "run_det_train"),
                        "fine-tune a pre-trained ViT as a ViTDet Mask R-CNN on a COCO-layout dataset",
                        "config file, or the name of a shipped one (det/configs/), e.g. mask_rcnn_vit_base_1x",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors data.root=/data/coco")
-    add_config_command(det_commands, "eval", run_det_eval,
+    add_config_command(det_commands, "eval", config_task("det.evaluate", "run_det_eval", None),
                        "COCO box / mask AP of a trained detector on the val split",
                        "the training config (model, data, batch size)",
                        "ckpt=PATH (required, written by det train), data.root=..., work_dir=...")
@@ -309,16 +248,16 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
 def add_seg_commands(sub: argparse._SubParsersAction) -> None:
     seg = sub.add_parser("seg", help="ADE20K semantic segmentation (UperNet, mmsegmentation)")
     seg_commands = seg.add_subparsers(dest="seg_command", required=True)
-    add_config_command(seg_commands, "train", run_seg_train,
+    add_config_command(seg_commands, "train", config_task("seg.train", "run_seg_train"),
                        "fine-tune a pre-trained ViT as a UperNet on an ADE20K-layout dataset",
                        "config file, or the name of a shipped one (seg/configs/), e.g. upernet_vit_base_80k",
                        "e.g. ckpt=work_dirs/droppos_vit_base_200ep/encoder.safetensors "
                        "data.root=/data/ADEChallengeData2016")
-    add_config_command(seg_commands, "eval", run_seg_eval,
+    add_config_command(seg_commands, "eval", config_task("seg.evaluate", "run_seg_eval", None),
                        "sliding-window mIoU / mAcc / aAcc and per-class IoU of a trained segmentor on the val split",
                        "the training config (model, data)",
                        "ckpt=PATH (required, written by seg train), data.root=..., work_dir=...")
-    add_config_command(seg_commands, "linear", run_seg_linear,
+    add_config_command(seg_commands, "linear", config_task("seg.linear", "run_seg_linear"),
                        "BatchNorm + 1x1 conv on a frozen ViT's patch features (DINOv2's linear segmentation)",
                        "config file, or the name of a shipped one, e.g. linear_vit_base_ade",
                        "e.g. ckpt=PATH data.root=/data/ADEChallengeData2016")
