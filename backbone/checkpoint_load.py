@@ -275,7 +275,7 @@ def _unusable_message(keys: list[str]) -> str:
 def check_format_options(model: VisionTransformer, ckpt: Checkpoint) -> None:
     """Refuse a model whose activation or norm epsilon differs from what the checkpoint's format fixes (CLIP's
     QuickGELU): the weights would load and silently compute other features."""
-    config = {**FAMILY_OPTION_DEFAULTS, "norm_eps": 1e-6, **model.config}
+    config = {**FAMILY_OPTION_DEFAULTS, **model.config}
     wrong = {k: v for k, v in TOWER_OPTIONS.get(ckpt.format, {}).items() if config[k] != v}
     if wrong:
         listed = ", ".join(f"{k}={v!r} (model: {config[k]!r})" for k, v in wrong.items())
