@@ -332,14 +332,17 @@ class VisionTransformer(nn.Module):
         """Class logits, or the pooled feature when the model has no head."""
         return self.head(self.forward_features(images))
 
-    def forward_feature_maps(self, images: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Outputs of blocks `indices` (negative counts from the end) as (B, D, H, W) maps, before the final norm."""
+    def forward_feature_maps(self, images: torch.Tensor, indices: Sequence[int],
+                             normed: bool = False) -> list[torch.Tensor]:
+        """Outputs of blocks `indices` (negative counts from the end) as (B, D, H, W) maps, before the final norm, or
+        after it with `normed` (DINOv2's get_intermediate_layers(norm=True); an identity where the ViT has none)."""
         blocks = [self._block_index(i) for i in indices]
         x, grid = self.embed(images)
         _, kept = self.run_blocks(x, grid, blocks)
         batch = images.shape[0]
         return [
-            t[:, self.num_prefix_tokens:].transpose(1, 2).reshape(batch, self.embed_dim, *grid) for t in kept
+            (self.norm(t) if normed else t)[:, self.num_prefix_tokens:].transpose(1, 2).reshape(
+                batch, self.embed_dim, *grid) for t in kept
         ]
 
     def _block_index(self, index: int) -> int:

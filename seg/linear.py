@@ -72,12 +72,9 @@ class FrozenViTFeatures(BaseModule):
         return self
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        net = self.net
         with torch.no_grad():
-            tokens, grid = net.embed(center_pad(images, net.patch_embed.patch_size[0]))
-            _, kept = net.run_blocks(tokens, grid, self.blocks)
-            return tuple(net.norm(t)[:, net.num_prefix_tokens:].transpose(1, 2).reshape(len(t), net.embed_dim, *grid)
-                         for t in kept)
+            padded = center_pad(images, self.net.patch_embed.patch_size[0])
+            return tuple(self.net.forward_feature_maps(padded, self.blocks, normed=True))
 
 
 @MODELS.register_module()
