@@ -269,7 +269,7 @@ def _percent_top(results: Sequence[Result], metrics: Sequence[str], chance: Mapp
     """The top of a y axis every bar chart of `results` shares, with room for the bar labels."""
     values = [value for result in results for value in result.metrics.values()]
     values += [value for result in results for m in metrics if (value := _paper_value(result, m)) is not None]
-    values += [value for result in results for row in result.reported for value in row.values.values()]
+    values += [row.values[m] for result in results for row in result.reported for m in metrics if m in row.values]
     values += [chance[m] for m in metrics if m in chance]
     return 1.15 * max(values, default=0.0) or 1.0
 
