@@ -22,11 +22,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from backbone import read_checkpoint
 from backbone.checkpoint import last_run_checkpoint
-from engine.config import check_gpu, load_config
 from engine.errors import UserInputError
+from engine.evaluation import eval_config
 from engine.folder_index import folder_stamps
 from engine.images import EVAL_CROP_RATIO, eval_transform, image_folder
-from engine.runner import require_one_process
 from engine.safe_io import write_json_atomic
 
 from .features import FEATURES, CachedFeatures, cache_key, extract, file_digest, open_cache
@@ -86,9 +85,7 @@ def _device() -> torch.device:
 
 
 def _config(command: str, config: str | Path, overrides: dict[str, Any] | None) -> Config:
-    require_one_process(command)
-    cfg = load_config(config, overrides, configs_dir=CONFIGS_DIR)
-    check_gpu(cfg)
+    cfg = eval_config(command, config, overrides, CONFIGS_DIR, checkpoint_kind=None)  # None: random init allowed
     if cfg.model.global_pool != "token":
         raise UserInputError(f"model.global_pool={cfg.model.global_pool!r}: the frozen protocols read the encoder's "
                              "final norm, built with global_pool='token'; choose [CLS] or mean patch features with "

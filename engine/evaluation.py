@@ -13,13 +13,13 @@ from .safe_io import write_json_atomic
 
 
 def eval_config(command: str, config: str | Path, overrides: dict[str, Any] | None, configs_dir: Path,
-                checkpoint_kind: str) -> Config:
+                checkpoint_kind: str | None) -> Config:
     """The config of `droppos-bench <command>`, checked before any work: one process, a GPU where the config asks
-    for one, and `ckpt` set (`checkpoint_kind` says what it must be)."""
+    for one, and `ckpt` set (`checkpoint_kind` says what it must be; None: a random init is allowed)."""
     require_one_process(command)
     cfg = load_config(config, overrides, configs_dir=configs_dir)
     check_gpu(cfg)
-    if not cfg.ckpt:
+    if checkpoint_kind is not None and not cfg.ckpt:
         raise UserInputError(f"{command} needs ckpt=PATH: {checkpoint_kind}")
     return cfg
 

@@ -12,6 +12,8 @@ from backbone import build_vit, export_checkpoint
 from benchmarks.cli import main
 from benchmarks.synthetic.ramps import write_direction_task
 from cls import features, frozen
+from cls.finetune import CONFIGS_DIR
+from engine import load_config
 from engine.errors import UserInputError
 from engine.images import eval_transform, image_folder
 
@@ -137,10 +139,9 @@ def test_knn_reads_the_feature_the_checkpoints_family_pools(tmp_path, meta, fmt,
         export_checkpoint(build_vit("tiny", img_size=64, depth=2), path, meta=meta)
     else:
         torch.save({"model": build_vit("tiny", img_size=64, depth=2).state_dict()}, path)
-    cfg = frozen.load_config("knn_tiny_ramps", {"ckpt": str(path), "ckpt_format": fmt},
-                             configs_dir=frozen.CONFIGS_DIR)
+    cfg = load_config("knn_tiny_ramps", {"ckpt": str(path), "ckpt_format": fmt}, configs_dir=CONFIGS_DIR)
     assert frozen.checkpoint_pooling(cfg) == pooling
-    assert frozen.checkpoint_pooling(frozen.load_config("knn_tiny_ramps", configs_dir=frozen.CONFIGS_DIR)) == "token"
+    assert frozen.checkpoint_pooling(load_config("knn_tiny_ramps", configs_dir=CONFIGS_DIR)) == "token"
 
 
 def test_a_training_runs_work_dir_stands_for_its_last_checkpoint(ramps, tmp_path):
