@@ -5,6 +5,7 @@ data = dict(root="data/ramp_directions", num_workers=0)
 model = dict(size="tiny", img_size=64, depth=2)
 batch_size = 64
 features = dict(last_layers=1)  # 2 blocks
-linear = dict(base_lrs=(0.1, 0.3, 1.0, 3.0, 10.0), epochs=100, batch_size=32, holdout=0.25)
+# higher than linear_vit_base's grid: these heads get 600 steps, in which its lower rates leave them under-trained
+linear = dict(base_lrs=(1.0, 3.0, 10.0, 30.0, 100.0), epochs=100, batch_size=32, holdout=0.25)
 precision = "fp32"
 require_gpu = False  # sized for a CPU

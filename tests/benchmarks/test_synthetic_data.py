@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from faster_coco_eval import COCO as FasterCOCO
 from PIL import Image
 from pycocotools import mask as mask_api
 from pycocotools.coco import COCO
+from torchvision import transforms
 from torchvision.datasets import ImageFolder
+from torchvision.transforms.functional import to_tensor
 
 from benchmarks.synthetic import (
     COCO_CATEGORY_IDS,
@@ -28,7 +31,9 @@ from benchmarks.synthetic import (
     validation_indices,
 )
 from benchmarks.synthetic.layouts import pixel_outline, segmentation_rle, uncompressed_rle
+from benchmarks.synthetic.ramps import write_ramp_images
 from benchmarks.synthetic.scenes import FIRST_OBJECT_ID
+from engine.images import eval_transform
 
 NUM_IMAGES, SIZE, SEED = 24, 64, 0
 
@@ -252,3 +257,18 @@ def test_validation_split_size(num_images, count):
     indices = validation_indices(num_images, 0.2)
     assert len(indices) == len(set(indices)) == count
     assert all(0 <= i < num_images for i in indices)
+
+
+@pytest.mark.parametrize("eval_aligned", [True, False])
+def test_eval_aligned_ramps_are_cropped_to_their_grid(tmp_path, eval_aligned):
+    """An eval-aligned ramp image passes the evaluation transform as exactly its 4 x 4 grid of flat cells (every
+    16 px patch one cell), the plain image does not: its crop cuts the cells."""
+    for name, aligned in (("plain", False), ("tested", eval_aligned)):
+        write_ramp_images(tmp_path / name, 1, np.random.default_rng(0), noise=0.0, eval_aligned=aligned)
+    grid = to_tensor(Image.open(tmp_path / "plain" / "00000.png"))
+    seen = eval_transform(64).transforms[0:2]
+    crop = to_tensor(transforms.Compose(seen)(Image.open(tmp_path / "tested" / "00000.png")))
+    assert crop.shape == grid.shape == (3, 64, 64)
+    assert torch.equal(crop, grid) is eval_aligned
+    patches = crop.unfold(1, 16, 16).unfold(2, 16, 16).flatten(-2)  # [3, 4, 4, 256]
+    assert (patches.amax(-1) == patches.amin(-1)).all().item() is eval_aligned
