@@ -7,7 +7,9 @@ other patches. The demo
 2. measures its position accuracy on held-out ramps with many anchors (gamma_pos 0.25) and almost none (0.95): it
    places the dropped patches by relating them to the patches whose positions it was given (paper Sec. 3.2);
 3. runs the harness's `demo` suite: that encoder and a random init fine-tuned with the same recipe
-   (`finetune_tiny_ramps`) to tell the ramps' direction (4 classes) from 16 labelled images per class.
+   (`finetune_tiny_ramps`) to tell the ramps' direction (4 classes) from 16 labelled images per class, then both
+   frozen through k-NN and linear heads (`knn_tiny_ramps`, `linear_tiny_ramps`) on 64 labelled images per class,
+   written so that the evaluation crop puts one flat cell in each patch (ramps.py: `eval_aligned`).
 Every number is printed beside its chance level. Each stage's log is in its folder under `--out`; the terminal gets
 a line per stage. The models are far too small for the paper's tables, and the report says so.
 """
@@ -36,8 +38,9 @@ from .synthetic.ramps import DIRECTIONS, write_direction_task, write_unlabelled_
 
 DEMO_DEFAULTS: dict[str, Any] = dict(out="work_dirs/demo", seed=0)
 # images: unlabelled for pre-training, held out for position accuracy, labelled and validation per class
-FULL = dict(unlabelled=1600, held_out=128, per_class=16, val_per_class=32)
-QUICK = dict(unlabelled=64, held_out=16, per_class=4, val_per_class=4)  # --quick (CI): too little to learn from
+# (frozen_per_class: labelled images per class of the frozen protocols' eval-aligned set)
+FULL = dict(unlabelled=1600, held_out=128, per_class=16, val_per_class=32, frozen_per_class=64)
+QUICK = dict(unlabelled=64, held_out=16, per_class=4, val_per_class=4, frozen_per_class=8)  # --quick (CI): too little
 POSITIONS = 16  # the 4 x 4 patch grid: position chance 1/16
 QUICK_OVERRIDES: dict[str, dict[str, Any]] = {"cls.finetune": {"schedule.epochs": 1, "batch_size": 8,
                                                                "effective_batch": 8}}
@@ -75,13 +78,17 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict[str, Any]:
 
 
 def write_data(data: Path, sizes: dict[str, int], seed: int) -> Path:
-    """Unlabelled ramps of one direction (data/ramps) and the direction task (data/ramp_directions), written anew."""
-    for name in ("ramps", "ramp_directions"):
+    """Unlabelled ramps of one direction (data/ramps), the direction task (data/ramp_directions) and its
+    eval-aligned set for the frozen protocols (data/ramp_directions_aligned), written anew."""
+    for name in ("ramps", "ramp_directions", "ramp_directions_aligned"):
         shutil.rmtree(data / name, ignore_errors=True)
     write_unlabelled_ramps(data / "ramps", sizes["unlabelled"], sizes["held_out"], seed)
     write_direction_task(data / "ramp_directions", sizes["per_class"], sizes["val_per_class"], seed)
+    write_direction_task(data / "ramp_directions_aligned", sizes["frozen_per_class"], sizes["val_per_class"], seed,
+                         eval_aligned=True)
     print(f"data: {sizes['unlabelled']} unlabelled ramps, {sizes['held_out']} held out; {len(DIRECTIONS)} directions "
-          f"x {sizes['per_class']} labelled (+{sizes['val_per_class']} val) in {data}", flush=True)
+          f"x {sizes['per_class']} labelled, x {sizes['frozen_per_class']} eval-aligned (+{sizes['val_per_class']} "
+          f"val each) in {data}", flush=True)
     return data
 
 
@@ -133,9 +140,11 @@ def print_results(summary: dict[str, Any]) -> None:
     chance_direction = 100 / len(DIRECTIONS)
     rows = [("position accuracy, many anchors (gamma_pos 0.25)", anchors["many"], None, 100 / POSITIONS),
             ("position accuracy, almost none (gamma_pos 0.95)", anchors["none"], None, 100 / POSITIONS)]
-    rows += [(f"direction top-1 after fine-tuning on {summary['sizes']['per_class']} labels per class",
-              results.get("DropPos (tiny)", {}).get("ft_top1"), results.get("random init", {}).get("ft_top1"),
-              chance_direction)]
+    measures = [("ft_top1", f"direction top-1 after fine-tuning on {summary['sizes']['per_class']} labels per class"),
+                ("knn_top1", f"the same, frozen, k-NN (k=1), {summary['sizes']['frozen_per_class']} labels per class"),
+                ("linear_top1", f"the same, frozen, linear heads, {summary['sizes']['frozen_per_class']} per class")]
+    rows += [(name, results.get("DropPos (tiny)", {}).get(key), results.get("random init", {}).get(key),
+              chance_direction) for key, name in measures]
     print(f"{'':58} {'DropPos':>8} {'random':>8} {'chance':>8}")
     for name, droppos, random, chance in rows:
         cells = [f"{value:8.1f}" if value is not None else f"{'-':>8}" for value in (droppos, random)]

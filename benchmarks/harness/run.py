@@ -50,11 +50,17 @@ def job_command(job: Job, backend: dict[str, Any]) -> list[str]:
 
 def docker_mounts(suite: Suite) -> list[Path]:
     """The folders a job reads or writes: the current folder (relative paths), every data root, each checkpoint's
-    folder (and its link target's), the suite's work dir; absolute, a folder inside another one left out."""
+    folder (and its link target's), the suite's work dir, every existing absolute path an override names (a
+    `data.root` of its own); absolute, a folder inside another one left out."""
     paths = [Path.cwd(), suite.work_dir, *map(Path, suite.data.values())]
+    overrides = [benchmark.overrides for benchmark in suite.benchmarks]
     for checkpoint in suite.checkpoints:
         if checkpoint.path is not None:
             paths += [Path(checkpoint.path).parent, Path(checkpoint.path).resolve().parent]
+        overrides += checkpoint.overrides.values()
+    named = [Path(value) for values in overrides for value in values.values()
+             if isinstance(value, str) and os.path.isabs(value) and os.path.exists(value)]
+    paths += [path if path.is_dir() else path.parent for path in named]
     mounts: list[Path] = []
     for folder in sorted({Path(os.path.abspath(path)) for path in paths}):  # a folder sorts before those inside it
         if not any(folder.is_relative_to(mount) for mount in mounts):

@@ -25,9 +25,9 @@ table) and report metrics in percent; the report shows them as rows of their own
         reported:
           - {source: "DINO (Caron et al., ICCV 2021), Tab. 2", knn_top1: 76.1, linear_top1: 78.2}
 
-Paths (checkpoints, data roots, work_dir) may use environment variables ($DATA/imagenet). Every mistake (an
-unknown key, a missing checkpoint file, an unknown benchmark) is reported with the suite file's line, before
-anything runs.
+Paths (checkpoints, data roots, work_dir) and text override values (`data.root: $DATA/ramps`) may use environment
+variables ($DATA/imagenet). Every mistake (an unknown key, a missing checkpoint file, an unknown benchmark) is
+reported with the suite file's line, before anything runs.
 """
 from __future__ import annotations
 
@@ -354,6 +354,7 @@ def _checkpoint(doc: _Located, node: yaml.Node) -> CheckpointEntry:
             raise doc.error(key_node, f"overrides for unknown benchmark {key_node.value!r}; expected one of "
                                       f"{sorted(BENCHMARKS)}")
         doc.plain_mapping(value_node, f"overrides.{key_node.value}")
+    overrides = {name: _expand_vars(values) for name, values in overrides.items()}
     only = None
     if "benchmarks" in items:
         only = tuple(doc.value(items["benchmarks"][1]) or ())
@@ -375,7 +376,12 @@ def _benchmark(doc: _Located, node: yaml.Node) -> Benchmark:
         raise doc.error(node, f"benchmark {name!r} needs a 'config' (a shipped config name or a file)")
     config = doc.text(items["config"][1], "config") if "config" in items else None
     overrides = doc.plain_mapping(items["overrides"][1], "overrides") if "overrides" in items else {}
-    return Benchmark(name, config, overrides)
+    return Benchmark(name, config, _expand_vars(overrides))
+
+
+def _expand_vars(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides with environment variables expanded in their text values, as in the suite's paths."""
+    return {key: os.path.expandvars(value) if isinstance(value, str) else value for key, value in overrides.items()}
 
 
 def slug(text: str) -> str:

@@ -93,9 +93,11 @@ def test_the_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys)
     tests/pretrain/test_anchors.py and tests/cls/test_pretraining_helps.py check with the same configs."""
     assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
     summary = json.loads((tmp_path / "demo_summary.json").read_text())
-    assert set(summary["jobs"].values()) == {"done"} and len(summary["jobs"]) == 2
+    assert set(summary["jobs"].values()) == {"done"} and len(summary["jobs"]) == 6  # fine-tune, k-NN, linear x 2
     assert set(summary["results"]) == {"DropPos (tiny)", "random init"}
-    assert all(0 <= metrics["ft_top1"] <= 100 for metrics in summary["results"].values())
+    for metrics in summary["results"].values():
+        assert all(0 <= metrics[key] <= 100 for key in ("ft_top1", "knn_top1", "linear_top1")), metrics
+    assert len(list((tmp_path / "bench" / "features").iterdir())) == 4  # k-NN extracts, linear reuses
     assert 0 <= summary["anchors"]["many"] <= 100 and len(summary["anchors"]["grid"]) == 4
     assert summary["report"] == str(tmp_path / "report" / "report.html")
     assert (tmp_path / "report" / "report.md").is_file()

@@ -96,6 +96,24 @@ def test_jobs_run_in_the_image_with_the_suite_folders_mounted(layout):
         assert args[image + 1:image + 3] == [sys.executable, "-c"] and args[image + 4] == record.work_dir
 
 
+def test_existing_absolute_paths_in_overrides_are_mounted(layout):
+    """A benchmark's own data root and a file a checkpoint's override names are mounted; a relative or missing path
+    is not (the current folder holds the first, nothing can be read from the second)."""
+    (layout / "aligned").mkdir()
+    (layout / "extra").mkdir()
+    (layout / "extra" / "head.pth").write_bytes(b"z")
+    suite_path = write_suite(layout, {"type": "docker", "image": IMAGE, "docker": str(layout / "fake-docker")})
+    text = suite_path.read_text().replace(
+        "{name: seg, config: upernet_tiny_synth}",
+        f"{{name: seg, config: upernet_tiny_synth, overrides: {{data.root: {layout / 'aligned'}, "
+        f"note: relative/x, missing: {layout / 'nowhere'}}}}}")
+    droppos = f"path: {layout / 'ckpts' / 'droppos.pth'}"
+    text = text.replace(f"{droppos}}}", f"{droppos}, overrides: {{seg: {{head: {layout / 'extra' / 'head.pth'}}}}}}}")
+    suite_path.write_text(text)
+    mounts = harness_run.docker_mounts(load_suite(suite_path))
+    assert mounts == [layout / f for f in ("aligned", "ckpts", "data", "extra", "links", "project", "store")]
+
+
 def test_no_gpus_no_gpu_flag(layout):
     suite_path = write_suite(layout, {"type": "docker", "image": IMAGE, "docker": str(layout / "fake-docker")})
     main(["bench", "run", str(suite_path)])

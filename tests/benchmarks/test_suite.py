@@ -60,6 +60,16 @@ def test_a_good_suite_expands_into_jobs(tmp_path, checkpoint):
     assert changed[0].job_id != seg.job_id  # a changed recipe is a new job
 
 
+def test_text_override_values_expand_environment_variables(tmp_path, checkpoint, monkeypatch):
+    """As the suite's paths do: `data.root: $DATA/...` in a benchmark's or a checkpoint's overrides."""
+    monkeypatch.setenv("DATA", "/data/here")
+    text = GOOD.format(ckpt=checkpoint).replace("{optim.lr: 0.0007}", "{optim.lr: 0.0007, data.root: $DATA/ade3}")
+    text = text.replace("{schedule.iterations: 100,", "{schedule.iterations: 100, data.root: $DATA/ade2,")
+    seg, _, random_seg = expand_jobs(load_suite(write(tmp_path, text)))
+    assert "data.root=/data/here/ade3" in seg.args and "optim.lr=0.0007" in seg.args  # the checkpoint's wins
+    assert "data.root=/data/here/ade2" in random_seg.args and "schedule.iterations=100" in random_seg.args
+
+
 @pytest.mark.parametrize(("old", "new", "line", "message"), [
     ("    epochs: 200", "    epoch: 200", 6, "unknown key 'epoch' in a checkpoint"),
     ("  - name: posacc", "  - name: posac", 15, "unknown benchmark 'posac'"),
