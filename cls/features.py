@@ -1,12 +1,13 @@
 """Frozen-encoder features for the fast protocols (kNN, linear heads): extracted once per checkpoint, split and
 transform, kept on disk as float16 in one memory-mapped matrix, and reused by every protocol that reads them.
 
-A row holds, side by side (D = the encoder's width):
+A row holds, side by side (D = the encoder's width), the last `last_layers` blocks' [CLS] and the mean patch token:
 
-    avg | cls | cls of block -2 | cls of block -3 | ...      (the last `last_layers` blocks' [CLS])
+    ... | cls of block -3 | cls of block -2 | cls | avg
 
-every part after the encoder's final norm, so each feature a protocol uses is one contiguous column range, a view of
-the file: `cls`, `avg`, `cls+avg`, `cls4` (the last four blocks' [CLS], DINOv2's n_last_blocks=4), `cls4+avg`.
+every part after the encoder's final norm, in the order of DINOv2's linear input (its create_linear_input), so each
+feature a protocol uses is one contiguous column range, a view of the file, equal to the vector DINOv2's heads read:
+`cls`, `avg`, `cls+avg`, `cls4` (the last four blocks' [CLS], DINOv2's n_last_blocks=4), `cls4+avg`.
 
 The cache folder is named by a digest of what decides the numbers: the checkpoint file's bytes and format, the model
 options, the transform, the split's files and labels and its folders' modification times (a dataset written again).
@@ -37,6 +38,7 @@ from engine.safe_io import write_json_atomic
 log = logging.getLogger("droppos_bench")
 META, ROWS, LABELS, PROGRESS = "meta.json", "features.f16", "labels.npy", "progress.json"
 FEATURES = ("cls", "avg", "cls+avg", "cls4", "cls4+avg")
+ROW_LAYOUT = "cls of blocks -n..-1 | avg"  # in every cache key: a cache of another layout is never read or continued
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
@@ -49,26 +51,28 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
 
 
 def cache_key(**parts: Any) -> str:
-    """A short digest of everything that decides the features (JSON-serialisable parts)."""
+    """A short digest of everything that decides the features (JSON-serialisable parts) and of the row layout."""
+    parts = dict(parts, row_layout=ROW_LAYOUT)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def layout(dim: int, last_layers: int) -> dict[str, tuple[int, int]]:
     """The column range of each feature in a row (see the module docstring)."""
-    ranges = {"avg": (0, dim), "cls": (dim, 2 * dim), "cls+avg": (0, 2 * dim)}
+    cls = ((last_layers - 1) * dim, last_layers * dim)
+    ranges = {"cls": cls, "avg": (cls[1], cls[1] + dim), "cls+avg": (cls[0], cls[1] + dim)}
     if last_layers == 4:
-        ranges.update({"cls4": (dim, 5 * dim), "cls4+avg": (0, 5 * dim)})
+        ranges.update({"cls4": (0, 4 * dim), "cls4+avg": (0, 5 * dim)})
     return ranges
 
 
 def encode_rows(net: VisionTransformer, images: torch.Tensor, last_layers: int) -> torch.Tensor:
-    """One row per image (avg | cls | earlier blocks' cls), every token after the final norm."""
+    """One row per image (earlier blocks' cls | cls | avg), every token after the final norm."""
     x, grid = net.embed(images)
     depth = net.num_layers
-    last, kept = net.run_blocks(x, grid, keep=range(depth - 2, depth - last_layers - 1, -1))
+    last, kept = net.run_blocks(x, grid, keep=range(depth - last_layers, depth - 1))
     tokens = net.norm(last)
-    parts = [tokens[:, net.num_prefix_tokens:].mean(dim=1), tokens[:, 0]]
-    return torch.cat(parts + [net.norm(block)[:, 0] for block in kept], dim=1)
+    parts = [net.norm(block)[:, 0] for block in kept] + [tokens[:, 0], tokens[:, net.num_prefix_tokens:].mean(dim=1)]
+    return torch.cat(parts, dim=1)
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,10 @@ def test_rows_are_the_encoders_final_norm_features_in_their_columns(ramps, tmp_p
         last, kept = net.run_blocks(x, grid, keep=(0, 1, 2))
         tokens = net.norm(last)
         expected = {"cls": tokens[:, 0], "avg": tokens[:, 1:].mean(dim=1),
-                    "cls4": torch.cat([tokens[:, 0]] + [net.norm(kept[i])[:, 0] for i in (2, 1, 0)], dim=1)}
-    expected["cls+avg"] = torch.cat([expected["avg"], expected["cls"]], dim=1)
-    expected["cls4+avg"] = torch.cat([expected["avg"], expected["cls4"]], dim=1)
+                    "cls4": torch.cat([net.norm(kept[i])[:, 0] for i in (0, 1, 2)] + [tokens[:, 0]], dim=1)}
+    # DINOv2's linear input (create_linear_input): the blocks' [CLS] from the earliest, then the mean patch token
+    expected["cls+avg"] = torch.cat([expected["cls"], expected["avg"]], dim=1)
+    expected["cls4+avg"] = torch.cat([expected["cls4"], expected["avg"]], dim=1)
     assert sorted(cached.columns) == sorted(features.FEATURES)
     for name, value in expected.items():
         torch.testing.assert_close(cached.feature(name).float(), value.half().float(), msg=name)
