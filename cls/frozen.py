@@ -32,6 +32,7 @@ from .features import FEATURES, CachedFeatures, cache_key, extract, file_digest,
 from .finetune import CONFIGS_DIR, build_classifier, check_same_classes
 from .knn import knn_accuracy
 from .linear_heads import fit_linear_grid
+from .released_head import feature_for_width, read_linear_head, score_head
 
 log = logging.getLogger("droppos_bench")
 POOL_FEATURE = {"token": "cls", "avg": "avg"}
@@ -40,13 +41,14 @@ POOL_FEATURE = {"token": "cls", "avg": "avg"}
 MEAN_POOLED = ("droppos", "mae", "beit", "beitv2", "data2vec", "simmim", "cae")
 
 
-def load_split_features(cfg: Config) -> tuple[CachedFeatures, CachedFeatures]:
-    """The cached train and val features of `cfg.ckpt`, extracting what the cache lacks; the encoder is built only
-    then, so a second protocol on the same checkpoint never runs it."""
+def load_split_features(cfg: Config, names: tuple[str, ...] = ("train", "val")) -> tuple[CachedFeatures, ...]:
+    """The cached features of `cfg.ckpt` on each split of `names`, extracting what the cache lacks; the encoder is
+    built only then, so a second protocol on the same checkpoint never runs it."""
     size = cfg.model.img_size
     splits = {split: image_folder(cfg.data.root, split, eval_transform(size), cfg.data.skip_invalid,
-                                  every_class=split == "train") for split in ("train", "val")}
-    check_same_classes(splits["train"], splits["val"], cfg.data.root)
+                                  every_class=split == "train") for split in names}
+    if len(splits) == 2:
+        check_same_classes(splits["train"], splits["val"], cfg.data.root)
     weights = f"random init, seed {cfg.seed}"
     if cfg.ckpt:  # a training run's work dir stands for its last checkpoint, as everywhere
         weights = file_digest(last_run_checkpoint(cfg.ckpt) if Path(cfg.ckpt).is_dir() else cfg.ckpt)
@@ -67,7 +69,7 @@ def load_split_features(cfg: Config) -> tuple[CachedFeatures, CachedFeatures]:
                                last_layers=cfg.features.last_layers, device=_device(),
                                bf16=cfg.precision == "bf16", flush_every=cfg.features.flush_every, describe=describe)
         cached.append(features)
-    return cached[0], cached[1]
+    return tuple(cached)
 
 
 def checkpoint_pooling(cfg: Config) -> str:
@@ -137,11 +139,14 @@ def run_knn(config: str | Path, overrides: dict[str, Any] | None = None) -> Path
 
 
 def run_linear(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
-    """The grid of linear heads on cached features; "last" holds the chosen head's val top-1 / top-5."""
+    """The grid of linear heads on cached features; "last" holds the chosen head's val top-1 / top-5. With
+    `linear.head` (a released head's file) nothing is trained: that head scores val."""
     cfg = _config("cls linear", config, overrides)
     unknown = [name for name in cfg.linear.features if name not in FEATURES]
     if unknown or not cfg.linear.features:
         raise UserInputError(f"linear.features={tuple(cfg.linear.features)}; expected some of {FEATURES}")
+    if cfg.linear.head:
+        return score_released_head(cfg)
     train, val = load_split_features(cfg)
     names = [name for name in cfg.linear.features if name in train.columns]
     if skipped := [name for name in cfg.linear.features if name not in train.columns]:
@@ -162,3 +167,19 @@ def run_linear(config: str | Path, overrides: dict[str, Any] | None = None) -> P
                                              "holdout_top1": result.holdout_top1},
                           train_rows=result.train_rows, holdout_rows=result.holdout_rows, heads=result.heads,
                           features=[str(train.folder), str(val.folder)])
+
+
+def score_released_head(cfg: Config) -> Path:
+    """`linear.head`'s val top-1 / top-5 on the cached feature as wide as its input (val only: nothing is trained)."""
+    weight, bias = read_linear_head(cfg.linear.head)
+    (val,) = load_split_features(cfg, ("val",))
+    candidates = {name: val.columns[name] for name in cfg.linear.features if name in val.columns}
+    feature = feature_for_width(weight.shape[1], candidates, cfg.linear.head)
+    if len(weight) != len(val.classes):
+        raise UserInputError(f"linear head {cfg.linear.head} has {len(weight)} classes; {cfg.data.root}/val has "
+                             f"{len(val.classes)}")
+    device = _device()
+    last = score_head(val.features_on([feature], device)[feature], val.targets, weight, bias, cfg.linear.batch_size)
+    log.info("linear: released head %s on %s: val %s", cfg.linear.head, feature,
+             ", ".join(f"{name} {value:.2f}" for name, value in last.items()))
+    return _write_metrics(cfg, last, {}, head=str(cfg.linear.head), feature=feature, features=[str(val.folder)])

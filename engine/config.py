@@ -51,6 +51,7 @@ KINDS: dict[str, tuple[type, ...]] = {
     "knn.ks": (tuple,),
     "linear.features": (tuple,),
     "linear.base_lrs": (tuple,),
+    "linear.head": (str, NoneType),  # a released head's file (cls linear scores it, trains nothing)
     "optim.clip_grad": (float, NoneType),
     "schedule.steps": (tuple,),
     "schedule.val_interval": (int, NoneType),
