@@ -5,7 +5,8 @@ where no finished cache of this checkpoint, transform and split exists, then sco
 
 - knn: DINO's weighted k-NN vote (cls/knn.py), every k of `knn.ks` in one pass;
 - linear: DINOv2's grid of linear heads (cls/linear_heads.py) over learning rates and feature variants, trained
-  together, the best chosen on a held-out slice of train.
+  together, the best chosen on a held-out slice of train; or, with `linear.head`, a released head scoring val
+  (cls/released_head.py; its checks run after val's extraction, whose cache the next run reuses).
 
 Each writes work_dir/metrics.json with a "last" section (top1 / top5 of the reported k or the chosen head), as the
 training commands do, so the harness reads all of them alike.
