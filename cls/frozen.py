@@ -6,7 +6,7 @@ where no finished cache of this checkpoint, transform and split exists, then sco
 - knn: DINO's weighted k-NN vote (cls/knn.py), every k of `knn.ks` in one pass;
 - linear: DINOv2's grid of linear heads (cls/linear_heads.py) over learning rates and feature variants, trained
   together, the best chosen on a held-out slice of train; or, with `linear.head`, a released head scoring val
-  (cls/released_head.py; its checks run after val's extraction, whose cache the next run reuses).
+  (cls/released_head.py; its width is checked after val's extraction, whose cache the next run reuses).
 
 Each writes work_dir/metrics.json with a "last" section (top1 / top5 of the reported k or the chosen head), as the
 training commands do, so the harness reads all of them alike.
@@ -26,7 +26,7 @@ from backbone.checkpoint import last_run_checkpoint
 from engine.errors import UserInputError
 from engine.evaluation import eval_config
 from engine.folder_index import folder_stamps
-from engine.images import EVAL_CROP_RATIO, eval_transform, image_folder
+from engine.images import EVAL_CROP_RATIO, CheckedImageFolder, eval_transform, image_folder
 from engine.safe_io import write_json_atomic
 
 from .features import FEATURES, CachedFeatures, cache_key, extract, file_digest, open_cache
@@ -42,14 +42,20 @@ POOL_FEATURE = {"token": "cls", "avg": "avg"}
 MEAN_POOLED = ("droppos", "mae", "beit", "beitv2", "data2vec", "simmim", "cae")
 
 
-def load_split_features(cfg: Config, names: tuple[str, ...] = ("train", "val")) -> tuple[CachedFeatures, ...]:
-    """The cached features of `cfg.ckpt` on each split of `names`, extracting what the cache lacks; the encoder is
-    built only then, so a second protocol on the same checkpoint never runs it."""
-    size = cfg.model.img_size
-    splits = {split: image_folder(cfg.data.root, split, eval_transform(size), cfg.data.skip_invalid,
+def split_datasets(cfg: Config, names: tuple[str, ...] = ("train", "val")) -> dict[str, CheckedImageFolder]:
+    """Each split of `names` through the evaluation transform; train and val must have the same classes."""
+    splits = {split: image_folder(cfg.data.root, split, eval_transform(cfg.model.img_size), cfg.data.skip_invalid,
                                   every_class=split == "train") for split in names}
     if len(splits) == 2:
         check_same_classes(splits["train"], splits["val"], cfg.data.root)
+    return splits
+
+
+def load_split_features(cfg: Config, splits: dict[str, CheckedImageFolder] | None = None) -> tuple[CachedFeatures, ...]:
+    """The cached features of `cfg.ckpt` on each split (default: train and val), extracting what the cache lacks; the
+    encoder is built only then, so a second protocol on the same checkpoint never runs it."""
+    size = cfg.model.img_size
+    splits = splits or split_datasets(cfg)
     weights = f"random init, seed {cfg.seed}"
     if cfg.ckpt:  # a training run's work dir stands for its last checkpoint, as everywhere
         weights = file_digest(last_run_checkpoint(cfg.ckpt) if Path(cfg.ckpt).is_dir() else cfg.ckpt)
@@ -173,12 +179,13 @@ def run_linear(config: str | Path, overrides: dict[str, Any] | None = None) -> P
 def score_released_head(cfg: Config) -> Path:
     """`linear.head`'s val top-1 / top-5 on the cached feature as wide as its input (val only: nothing is trained)."""
     weight, bias = read_linear_head(cfg.linear.head)
-    (val,) = load_split_features(cfg, ("val",))
+    splits = split_datasets(cfg, ("val",))
+    if len(weight) != len(splits["val"].classes):  # before the extraction
+        raise UserInputError(f"linear head {cfg.linear.head} has {len(weight)} classes; {cfg.data.root}/val has "
+                             f"{len(splits['val'].classes)}")
+    (val,) = load_split_features(cfg, splits)
     candidates = {name: val.columns[name] for name in cfg.linear.features if name in val.columns}
     feature = feature_for_width(weight.shape[1], candidates, cfg.linear.head)
-    if len(weight) != len(val.classes):
-        raise UserInputError(f"linear head {cfg.linear.head} has {len(weight)} classes; {cfg.data.root}/val has "
-                             f"{len(val.classes)}")
     device = _device()
     last = score_head(val.features_on([feature], device)[feature], val.targets, weight, bias, cfg.linear.batch_size)
     log.info("linear: released head %s on %s: val %s", cfg.linear.head, feature,

@@ -77,3 +77,12 @@ def test_a_head_that_does_not_fit_is_named(setup, change, message):
         torch.save({**torch.load(head), "other.weight": torch.zeros(1, 1)}, head)
     with pytest.raises(UserInputError, match=message):
         frozen.run_linear("linear_tiny_ramps", overrides(root, head, **{"linear.features": ("cls", "cls+avg")}))
+
+
+def test_a_head_for_other_classes_stops_before_any_extraction(setup, tmp_path):
+    root, _ = setup
+    head = tmp_path / "imagenet_head.pth"
+    save_head(head, 2 * WIDTH, classes=1000)
+    with pytest.raises(UserInputError, match="has 1000 classes"):
+        frozen.run_linear("linear_tiny_ramps", overrides(root, head, **{"features.cache_dir": tmp_path / "cache"}))
+    assert not (tmp_path / "cache").exists()
