@@ -22,11 +22,12 @@ def read_linear_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(state, dict):
         raise UserInputError(f"linear head {path}: expected a state dict of 'weight' and 'bias', found a "
                              f"{type(state).__name__}")
-    weights = [key for key, value in state.items() if key.endswith("weight") and torch.is_tensor(value)]
-    if len(weights) != 1 or weights[0][:-len("weight")] + "bias" not in state:
+    prefixes = [key.removesuffix("weight") for key, value in state.items()
+                if key.endswith("weight") and torch.is_tensor(value)]
+    if len(prefixes) != 1 or prefixes[0] + "bias" not in state:
         raise UserInputError(f"linear head {path}: expected one 'weight' and its 'bias' (an nn.Linear's state dict), "
                              f"found keys {sorted(state)}")
-    weight, bias = state[weights[0]].float(), state[weights[0][:-len("weight")] + "bias"].float()
+    weight, bias = state[prefixes[0] + "weight"].float(), state[prefixes[0] + "bias"].float()
     if weight.ndim != 2 or bias.shape != weight.shape[:1]:
         raise UserInputError(f"linear head {path}: weight {tuple(weight.shape)} and bias {tuple(bias.shape)}; "
                              "expected [classes, width] and [classes]")
