@@ -99,7 +99,7 @@ def test_duplicate_labels_and_bad_yaml(tmp_path, checkpoint):
 
 
 @pytest.mark.parametrize("name", ["paper-table6", "ablations", "position-methods", "zoo-vit-base",
-                                  "zoo-vit-base-frozen"])
+                                  "zoo-vit-base-frozen", "check-dinov2-extraction"])
 def test_shipped_suites_are_valid_once_their_checkpoints_exist(name, tmp_path, monkeypatch):
     path = resolve_suite(name)
     monkeypatch.chdir(tmp_path)
@@ -124,6 +124,8 @@ def test_shipped_suites_are_valid_once_their_checkpoints_exist(name, tmp_path, m
         assert [c.label for c in suite.checkpoints[:10]] == [c.label for c in load_suite(base).checkpoints]
         assert [c.format for c in suite.checkpoints[10:]] == ["dinov2", "dinov2", "clip"] and len(jobs) == 13 * 3
         assert {b.name for b in suite.benchmarks} == {"cls.knn", "cls.linear", "seg.linear"}
+    elif name == "check-dinov2-extraction":  # the released head scores, nothing is trained
+        assert len(jobs) == 1 and "linear.head=checkpoints/zoo/dinov2_vitb14_linear4_head.pth" in jobs[0].args
     elif name == "paper-table6":
         lrs = {j.checkpoint.label: next((a for a in j.args if a.startswith("optim.lr=")), None)
                for j in jobs if j.benchmark == "seg"}
