@@ -11,7 +11,8 @@ is 2 GB), or raise query_chunk, so that they do not cross the bus Q / query_chun
 
 Ties: among equal similarities torch.topk picks the neighbours (its order is unspecified; with real-valued features
 exact ties do not occur); among classes with equal votes (classes with no votes, in practice) the lower class index
-ranks first.
+ranks first. Top-5 with k < 5 neighbours counts the first k ranked classes only, as DINO's eval_knn does (min(5, k)):
+the classes after them have no votes.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, queri
     for start, votes in chunk_votes(train_features, train_labels, queries, num_classes, ks, temperature,
                                     query_chunk, train_chunk, device, dtype):
         for k, v in votes.items():
-            hits[k].append(topk_hits(v, query_labels[start:start + len(v)], tops))
+            hits[k].append(topk_hits(v, query_labels[start:start + len(v)], tuple(min(top, k) for top in tops)))
     counts = {k: torch.stack(h).sum(0).tolist() for k, h in hits.items()}
     return {k: {f"top{top}": 100.0 * c / len(queries) for top, c in zip(tops, counts[k], strict=True)} for k in ks}
 
