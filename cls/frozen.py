@@ -135,7 +135,8 @@ def run_knn(config: str | Path, overrides: dict[str, Any] | None = None) -> Path
     bank = train.feature(feature).to(device) if device.type == "cuda" else train.feature(feature)
     per_k = knn_accuracy(bank, train.targets, val.feature(feature), val.targets, len(train.classes),
                          ks=tuple(cfg.knn.ks), temperature=cfg.knn.temperature, query_chunk=cfg.knn.query_chunk,
-                         train_chunk=cfg.knn.train_chunk, device=device)
+                         train_chunk=cfg.knn.train_chunk, device=device,
+                         progress=f"k-NN: {len(val.labels)} val images x {len(train.labels)} train")
     for k, scores in per_k.items():
         log.info("k-NN k=%d: %s", k, ", ".join(f"{name} {value:.2f}" for name, value in scores.items()))
     scalars = {f"knn/{name} by k": [(k, scores[name]) for k, scores in per_k.items()]

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 KS = (10, 20, 100, 200)
 TEMPERATURE = 0.07  # DINO's
@@ -43,10 +44,11 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, querie
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, queries: torch.Tensor,
                  query_labels: torch.Tensor, num_classes: int, ks: Sequence[int] = KS,
                  temperature: float = TEMPERATURE, query_chunk: int = QUERY_CHUNK, train_chunk: int = TRAIN_CHUNK,
-                 device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32) -> dict[int, dict[str, float]]:
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                 progress: str | None = None) -> dict[int, dict[str, float]]:
     """{k: {'top1': %, 'top5': %}}; 'top5' only where num_classes >= 5. Hits are counted on the device per query
-    chunk and read once at the end, so the [Q, num_classes] scores are never kept."""
+    chunk and read once at the end, so the [Q, num_classes] scores are never kept. `progress`: the title of a bar
+    over the query chunks (none without)."""
     if len(query_labels) != len(queries):
         raise ValueError(f"{len(query_labels)} query labels for {len(queries)} queries")
     tops = (1, 5) if num_classes >= 5 else (1,)
@@ -54,7 +56,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, queri
     query_labels = query_labels.to(device)
     hits = {k: [] for k in ks}
     for start, votes in chunk_votes(train_features, train_labels, queries, num_classes, ks, temperature,
-                                    query_chunk, train_chunk, device, dtype):
+                                    query_chunk, train_chunk, device, dtype, progress):
         for k, v in votes.items():
             hits[k].append(topk_hits(v, query_labels[start:start + len(v)], tuple(min(top, k) for top in tops)))
     counts = {k: torch.stack(h).sum(0).tolist() for k, h in hits.items()}
@@ -75,12 +77,13 @@ def topk_hits(votes: torch.Tensor, labels: torch.Tensor, tops: Sequence[int]) ->
 
 def chunk_votes(train_features: torch.Tensor, train_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
                 ks: Sequence[int], temperature: float, query_chunk: int, train_chunk: int, device: torch.device,
-                dtype: torch.dtype) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
+                dtype: torch.dtype, progress: str | None = None) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
     """(first query, vote scores per k) for one query chunk after another: the neighbours for max(ks) are found
-    once, and each k scores its prefix of them."""
+    once, and each k scores its prefix of them. `progress`: a bar's title (none without)."""
     check_inputs(train_features, train_labels, queries, num_classes, ks, query_chunk, train_chunk)
     labels = train_labels.to(device, torch.long)
-    for start in range(0, len(queries), query_chunk):
+    starts = range(0, len(queries), query_chunk)
+    for start in tqdm(starts, desc=progress, unit="chunk", disable=progress is None):
         chunk = normalized(queries[start:start + query_chunk], device, dtype)
         sims, index = nearest(train_features, chunk, max(ks), train_chunk)
         yield start, {k: votes(sims[:, :k], labels[index[:, :k]], num_classes, temperature) for k in ks}

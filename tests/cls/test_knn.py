@@ -125,3 +125,12 @@ def test_mismatched_shapes_are_named():
         knn_predict(train, train_labels, queries[:0], 7, ks=(3,))
     with pytest.raises(ValueError, match="42 query labels for 43 queries"):
         knn_accuracy(train, train_labels, queries, query_labels[1:], 7, ks=(3,))
+
+
+def test_a_titled_run_shows_a_bar_over_the_query_chunks(capfd):
+    train, train_labels, queries, query_labels = random_data()
+    quiet = knn_accuracy(train, train_labels, queries, query_labels, 7, ks=KS, query_chunk=10)
+    assert "k-NN test" not in capfd.readouterr().err
+    shown = knn_accuracy(train, train_labels, queries, query_labels, 7, ks=KS, query_chunk=10, progress="k-NN test")
+    err = capfd.readouterr().err
+    assert "k-NN test" in err and "5/5" in err and shown == quiet  # 43 queries in chunks of 10
