@@ -391,8 +391,8 @@ def slug(text: str) -> str:
 
 def expand_jobs(suite: Suite) -> list[Job]:
     """Every checkpoint x benchmark, in suite order, with its CLI arguments and work dir; the job id ends in a
-    digest of the arguments and the checkpoint file's version, so a changed recipe or a re-trained checkpoint is a
-    new job and never takes an old result's place."""
+    digest of the arguments and the versions of the checkpoint file and of any file an override names (a released
+    head), so a changed recipe or a re-trained checkpoint is a new job and never takes an old result's place."""
     jobs = []
     for checkpoint in suite.checkpoints:
         own: dict[str, Job] = {}  # this checkpoint's jobs by benchmark, for the benchmarks that read their models
@@ -408,6 +408,9 @@ def expand_jobs(suite: Suite) -> list[Job]:
             words, kind, _ = BENCHMARKS[benchmark.name]
             args = _arguments(words, benchmark, checkpoint, model, suite.data[kind])
             identity = [args, checkpoint.path, checkpoint.format, file_version(checkpoint.path)]
+            named = {**benchmark.overrides, **checkpoint.overrides.get(benchmark.name, {})}.values()
+            if files := [value for value in named if isinstance(value, str) and Path(value).is_file()]:
+                identity.append([file_version(path) for path in files])  # only then: other ids stay as they were
             digest = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:8]
             job_id = f"{slug(checkpoint.label)}.{benchmark.name}.{digest}"
             work_dir = suite.work_dir / job_id
@@ -422,7 +425,7 @@ def expand_jobs(suite: Suite) -> list[Job]:
 
 
 def file_version(path: str | None) -> list[int] | None:
-    """Size and modification time of a checkpoint file (through links): a file written again is another version."""
+    """Size and modification time of a file (through links): a file written again is another version."""
     if path is None:
         return None
     stat = Path(path).stat()

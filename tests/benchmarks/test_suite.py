@@ -1,4 +1,6 @@
 """Suite files: errors that name the line, and the expansion into jobs."""
+import hashlib
+import json
 import textwrap
 from pathlib import Path
 
@@ -155,6 +157,24 @@ def test_a_named_format_reaches_the_jobs_that_read_the_file(tmp_path, checkpoint
     assert "ckpt_format=beit" in jobs["DropPos 200ep (ours)", "seg"].args
     assert not any(a.startswith("ckpt_format=") for a in jobs["DropPos 200ep (ours)", "cls.posprobe_finetuned"].args)
     assert not any(a.startswith("ckpt_format=") for a in jobs["random init", "seg"].args)
+
+
+def test_a_rewritten_file_that_an_override_names_is_a_new_job(tmp_path, checkpoint):
+    """A released head named in a checkpoint's overrides is part of the job's identity; a job without such a file
+    keeps the id it had before files in overrides counted."""
+    head = tmp_path / "head.pth"
+    head.write_bytes(b"head")
+    text = GOOD.format(ckpt=checkpoint).replace("{optim.lr: 0.0007}", f"{{optim.lr: 0.0007, head: {head}}}")
+    path = write(tmp_path, text)
+    before = expand_jobs(load_suite(path))
+    head.write_bytes(b"another head")
+    after = expand_jobs(load_suite(path))
+    assert before[0].job_id != after[0].job_id  # DropPos's seg job names the head
+    assert [j.job_id for j in before[1:]] == [j.job_id for j in after[1:]]
+    plain = expand_jobs(load_suite(write(tmp_path, GOOD.format(ckpt=checkpoint))))[0]
+    identity = [list(plain.args[:-1]), str(checkpoint), "auto", [checkpoint.stat().st_size,
+                                                                 checkpoint.stat().st_mtime_ns]]
+    assert plain.job_id.endswith(hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:8])
 
 
 def test_a_rewritten_checkpoint_is_a_new_job(tmp_path, checkpoint):
