@@ -52,6 +52,7 @@ KINDS: dict[str, tuple[type, ...]] = {
     "linear.features": (tuple,),
     "linear.base_lrs": (tuple,),
     "linear.head": (str, NoneType),  # a released head's file (cls linear scores it, trains nothing)
+    "head": (str, NoneType),  # the same for seg linear
     "optim.clip_grad": (float, NoneType),
     "schedule.steps": (tuple,),
     "schedule.val_interval": (int, NoneType),

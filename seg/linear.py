@@ -23,12 +23,16 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
 from backbone import VIT_SIZES, build_vit, load_pretrained
-from backbone.checkpoint import Checkpoint, read_checkpoint
+from backbone.checkpoint import Checkpoint, load_file_safely, read_checkpoint
 from backbone.checkpoint_load import checkpoint_architecture
+from engine.config import load_config
 from engine.errors import UserInputError
-from engine.runner import train_from_config
+from engine.evaluation import eval_config
+from engine.runner import default_eval_dir, train_from_config
+from engine.safe_io import write_json_atomic
 
 from .data import build_seg_dataset
+from .evaluate import evaluate_on_val
 from .model import IGNORE_INDEX, MEAN_RGB, STD_RGB, SegEncoderDecoder, build_segmentor_for_device
 from .train import CONFIGS_DIR, segmentation_runner
 
@@ -164,6 +168,43 @@ def build_linear_runner(cfg: Config):
     return runner
 
 
+def load_released_head(head: BNLinearHead, path: str | Path, allow_pickle: bool = False) -> None:
+    """A released BNHead's weights into `head`: an mmseg checkpoint (its state_dict's decode_head.bn.* and
+    decode_head.conv_seg.*, as DINOv2's ADE20K linear heads) or the head's own state dict."""
+    state, _ = load_file_safely(path, allow_pickle)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserInputError(f"segmentation head {path}: expected a state dict, found a {type(state).__name__}")
+    own = {key.removeprefix("decode_head."): value for key, value in state.items() if key.startswith("decode_head.")}
+    own = {key: value for key, value in (own or state).items() if not key.endswith("num_batches_tracked")}
+    expected = {key: tuple(value.shape) for key, value in head.state_dict().items()
+                if not key.endswith("num_batches_tracked")}  # a count, unused in eval mode: a head may lack it
+    found = {key: tuple(value.shape) for key, value in own.items() if torch.is_tensor(value)}
+    if found != expected:
+        raise UserInputError(f"segmentation head {path} does not fit this probe: it holds {found}; expected {expected}"
+                             " (a BNHead over the patch features of model.layers, one output per class)")
+    head.load_state_dict(own, strict=False)
+
+
+def score_released_head(cfg: Config) -> Path:
+    """mIoU, mAcc, aAcc of the released head `cfg.head` on the frozen ViT of `cfg.ckpt` over the val split, as
+    work_dir/metrics.json's "last"; nothing is trained."""
+    val = build_seg_dataset(cfg.data, "val")
+    model = build_linear_segmentor(cfg, len(val.metainfo["classes"]))
+    load_released_head(model.decode_head, cfg.head, cfg.allow_pickle)
+    metrics = evaluate_on_val(model, val, cfg.data.num_workers)
+    out = default_eval_dir(cfg) / "metrics.json"
+    write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), head=str(cfg.head), data=str(cfg.data.root), split="val",
+                                images=len(val), last=metrics))
+    log.info("released head %s: mIoU %.2f, aAcc %.2f on %d images -> %s", cfg.head, metrics["mIoU"], metrics["aAcc"],
+             len(val), out)
+    return out
+
+
 def run_seg_linear(config: str | Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Train the linear head per `config` with `key=value` overrides; returns the path of metrics.json."""
-    return train_from_config(build_linear_runner, CONFIGS_DIR, config, overrides)
+    """Train the linear head per `config` with `key=value` overrides, or with `head` (a released head's file) score
+    that head on val; returns the path of metrics.json."""
+    if not load_config(config, overrides, configs_dir=CONFIGS_DIR).head:
+        return train_from_config(build_linear_runner, CONFIGS_DIR, config, overrides)
+    return score_released_head(eval_config("seg linear", config, overrides, CONFIGS_DIR, checkpoint_kind=None))

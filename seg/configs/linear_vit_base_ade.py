@@ -50,3 +50,6 @@ checkpoint = dict(interval=10_000, max_keep=2)
 # Patch 14 (DINOv2): 512 px windows are center-padded with zeros to 518 (37 x 37 tokens) before the ViT and the
 # logits resized back to 512, as DINOv2's CenterPadding pre-hook does; DINOv2's backbone gets its own pos embed
 # interpolated per input, ours is resampled once to the padded grid when the checkpoint loads.
+# A released head instead of training one (DINOv2's dinov2_vitb14_ade20k_linear_head.pth: an mmseg checkpoint of its
+# BNHead, bn.* and conv_seg.* under decode_head.): it scores val with the frozen ViT of ckpt, nothing is trained
+head = None

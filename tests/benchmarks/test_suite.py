@@ -127,7 +127,9 @@ def test_shipped_suites_are_valid_once_their_checkpoints_exist(name, tmp_path, m
         assert [c.format for c in suite.checkpoints[10:]] == ["dinov2", "dinov2", "clip"] and len(jobs) == 13 * 3
         assert {b.name for b in suite.benchmarks} == {"cls.knn", "cls.linear", "seg.linear"}
     elif name == "check-dinov2-extraction":  # the released head scores, nothing is trained
-        assert len(jobs) == 1 and "linear.head=checkpoints/zoo/dinov2_vitb14_linear4_head.pth" in jobs[0].args
+        assert [j.benchmark for j in jobs] == ["cls.linear", "seg.linear"]
+        assert "linear.head=checkpoints/zoo/dinov2_vitb14_linear4_head.pth" in jobs[0].args
+        assert "head=checkpoints/zoo/dinov2_vitb14_ade20k_linear_head.pth" in jobs[1].args
     elif name == "paper-table6":
         lrs = {j.checkpoint.label: next((a for a in j.args if a.startswith("optim.lr=")), None)
                for j in jobs if j.benchmark == "seg"}

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from backbone import VisionTransformer, export_checkpoint
 from engine import load_config
+from engine.errors import UserInputError
 from engine.runner import TrainSpec, lr_schedule
 from seg.data import build_seg_dataset
 from seg.evaluate import evaluate_segmentor
@@ -163,3 +164,39 @@ def test_the_shipped_recipe_is_dinov2s_linear_ade20k_protocol(data, tmp_path):
     schedule = lr_schedule(TrainSpec.from_config(cfg), None, cfg.optim.lr)
     assert [(s["type"], s["begin"], s["end"]) for s in schedule] == [("LinearLR", 0, 1500), ("PolyLR", 1500, 40_000)]
     assert schedule[0]["start_factor"] == 1e-6 and schedule[1]["power"] == 1.0 and schedule[1]["eta_min"] == 0.0
+
+
+def released(head_state: dict, path: Path) -> Path:
+    """The head's weights as mmseg saves a whole segmentor (DINOv2's released heads): under state_dict, with meta."""
+    torch.save({"meta": {"CLASSES": ("sky", "ground")}, "state_dict": {f"decode_head.{key}": value.clone()
+                                                                       for key, value in head_state.items()}}, path)
+    return path
+
+
+def test_a_released_head_scores_val_as_the_model_it_came_from(data, trained, tmp_path):
+    """seg linear with head=<file>: the trained probe's head, saved as DINOv2 releases its heads, scores val as
+    that probe does (same frozen ViT, same weights); nothing is trained."""
+    runner, *_ = trained
+    model = runner.model
+    ckpt = export_checkpoint(model.backbone.net, tmp_path / "encoder.safetensors")
+    head = released(model.decode_head.state_dict(), tmp_path / "ade20k_linear_head.pth")
+    cfg = config(data, tmp_path / "probe")
+    val = build_seg_dataset(cfg.data, "val")
+    expected = evaluate_segmentor(model, DataLoader(val, batch_size=1, collate_fn=pseudo_collate), SegMetric())
+    out = run_seg_linear("linear_tiny_synth", {"data.root": str(data / "ade" / "ADEChallengeData2016"),
+                                               "work_dir": str(tmp_path / "scored"), "ckpt": str(ckpt),
+                                               "head": str(head)})
+    written = json.loads(out.read_text())
+    assert out == tmp_path / "scored" / "metrics.json" and written["head"] == str(head)
+    assert written["last"] == pytest.approx(expected)
+    assert not (tmp_path / "scored" / "tensorboard").exists()  # no training run
+
+
+def test_a_head_that_does_not_fit_names_what_it_holds(data, trained, tmp_path):
+    runner, *_ = trained
+    state = dict(runner.model.decode_head.state_dict())
+    state["conv_seg.weight"] = state["conv_seg.weight"][:3]  # 3 classes, not 10
+    head = released(state, tmp_path / "head.pth")
+    with pytest.raises(UserInputError, match="does not fit this probe: .*conv_seg.weight': \\(3, "):
+        run_seg_linear("linear_tiny_synth", {"data.root": str(data / "ade" / "ADEChallengeData2016"),
+                                             "work_dir": str(tmp_path), "head": str(head)})
