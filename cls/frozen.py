@@ -27,6 +27,7 @@ from engine.errors import UserInputError
 from engine.evaluation import eval_config
 from engine.folder_index import folder_stamps
 from engine.images import EVAL_CROP_RATIO, CheckedImageFolder, eval_transform, image_folder
+from engine.runner import default_work_dir
 from engine.safe_io import write_json_atomic
 
 from .features import FEATURES, CachedFeatures, cache_key, extract, file_digest, open_cache
@@ -102,16 +103,13 @@ def _config(command: str, config: str | Path, overrides: dict[str, Any] | None) 
     return cfg
 
 
-def _work_dir(cfg: Config) -> Path:
-    return Path(cfg.work_dir or Path("work_dirs") / cfg.config_name)
-
-
 def _write_metrics(cfg: Config, last: dict[str, Any], scalars: dict[str, list[tuple[int, float]]],
                    **details: Any) -> Path:
     """metrics.json, and `scalars` (tag: (step, value) points; accuracy by k, or by learning rate) to TensorBoard."""
-    out = _work_dir(cfg) / "metrics.json"
+    work_dir = Path(default_work_dir(cfg))
+    out = work_dir / "metrics.json"
     write_json_atomic(out, dict(checkpoint=str(cfg.ckpt), data=str(cfg.data.root), last=last, **details))
-    with SummaryWriter(str(_work_dir(cfg) / "tensorboard")) as writer:
+    with SummaryWriter(str(work_dir / "tensorboard")) as writer:
         for tag, values in scalars.items():
             for step, value in values:
                 writer.add_scalar(tag, value, step)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from backbone.checkpoint import load_file_safely
+from backbone.checkpoint import read_checkpoint
 from engine.errors import UserInputError
 
 from .linear_heads import accuracy
@@ -17,13 +17,9 @@ from .linear_heads import accuracy
 
 def read_linear_head(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's weight [classes, width] and bias [classes] from a state dict holding one pair of them (`weight` /
-    `bias`, or one prefix's, as `linear.weight` / `linear.bias`); read without pickles."""
-    state, _ = load_file_safely(path)
-    if not isinstance(state, dict):
-        raise UserInputError(f"linear head {path}: expected a state dict of 'weight' and 'bias', found a "
-                             f"{type(state).__name__}")
-    prefixes = [key.removesuffix("weight") for key, value in state.items()
-                if key.endswith("weight") and torch.is_tensor(value)]
+    `bias`, or one prefix's, as `linear.weight` / `linear.bias`); read as every checkpoint is, without pickles."""
+    state = read_checkpoint(path, prefix="").state
+    prefixes = [key.removesuffix("weight") for key in state if key.endswith("weight")]
     if len(prefixes) != 1 or prefixes[0] + "bias" not in state:
         raise UserInputError(f"linear head {path}: expected one 'weight' and its 'bias' (an nn.Linear's state dict), "
                              f"found keys {sorted(state)}")

@@ -23,7 +23,7 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
 from backbone import VIT_SIZES, build_vit, load_pretrained
-from backbone.checkpoint import Checkpoint, load_file_safely, read_checkpoint
+from backbone.checkpoint import Checkpoint, load_state_exactly, read_checkpoint, strip_prefix
 from backbone.checkpoint_load import checkpoint_architecture
 from engine.config import load_config
 from engine.errors import UserInputError
@@ -170,21 +170,13 @@ def build_linear_runner(cfg: Config):
 
 def load_released_head(head: BNLinearHead, path: str | Path, allow_pickle: bool = False) -> None:
     """A released BNHead's weights into `head`: an mmseg checkpoint (its state_dict's decode_head.bn.* and
-    decode_head.conv_seg.*, as DINOv2's ADE20K linear heads) or the head's own state dict."""
-    state, _ = load_file_safely(path, allow_pickle)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserInputError(f"segmentation head {path}: expected a state dict, found a {type(state).__name__}")
-    own = {key.removeprefix("decode_head."): value for key, value in state.items() if key.startswith("decode_head.")}
-    own = {key: value for key, value in (own or state).items() if not key.endswith("num_batches_tracked")}
-    expected = {key: tuple(value.shape) for key, value in head.state_dict().items()
-                if not key.endswith("num_batches_tracked")}  # a count, unused in eval mode: a head may lack it
-    found = {key: tuple(value.shape) for key, value in own.items() if torch.is_tensor(value)}
-    if found != expected:
-        raise UserInputError(f"segmentation head {path} does not fit this probe: it holds {found}; expected {expected}"
-                             " (a BNHead over the patch features of model.layers, one output per class)")
-    head.load_state_dict(own, strict=False)
+    decode_head.conv_seg.*, as DINOv2's ADE20K linear heads) or the head's own state dict. Every key must fit, but
+    for the BatchNorm's batch count (unused in eval mode: a head may lack it)."""
+    state = read_checkpoint(path, prefix="", allow_pickle=allow_pickle).state
+    state = strip_prefix(state, "decode_head.") or state
+    counts = {key: value for key, value in head.state_dict().items() if key.endswith("num_batches_tracked")}
+    load_state_exactly(head, {**counts, **state}, path,
+                       "expected a BNHead over the patch features of model.layers, one output per class")
 
 
 def score_released_head(cfg: Config) -> Path:
