@@ -408,7 +408,7 @@ def expand_jobs(suite: Suite) -> list[Job]:
             words, kind, _ = BENCHMARKS[benchmark.name]
             args = _arguments(words, benchmark, checkpoint, model, suite.data[kind])
             identity = [args, checkpoint.path, checkpoint.format, file_version(checkpoint.path)]
-            named = {**benchmark.overrides, **checkpoint.overrides.get(benchmark.name, {})}.values()
+            named = job_overrides(benchmark, checkpoint).values()
             if files := [value for value in named if isinstance(value, str) and Path(value).is_file()]:
                 identity.append([file_version(path) for path in files])  # only then: other ids stay as they were
             digest = hashlib.sha1(json.dumps(identity).encode()).hexdigest()[:8]
@@ -432,13 +432,18 @@ def file_version(path: str | None) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
+def job_overrides(benchmark: Benchmark, checkpoint: CheckpointEntry) -> dict[str, Any]:
+    """The overrides of a checkpoint's job of `benchmark`: the benchmark's, then the checkpoint's own (which win)."""
+    return {**benchmark.overrides, **checkpoint.overrides.get(benchmark.name, {})}
+
+
 def _arguments(words: tuple[str, ...], benchmark: Benchmark, checkpoint: CheckpointEntry, model: str | None,
                root: str) -> tuple[str, ...]:
     """The CLI words of a job: `model` is the checkpoint (a file, or a training run's work dir), None for random
     init."""
     if benchmark.name == "posacc":
         return (*words, model, "--data", root)
-    overrides = {"data.root": root, **benchmark.overrides, **checkpoint.overrides.get(benchmark.name, {})}
+    overrides = {"data.root": root, **job_overrides(benchmark, checkpoint)}
     if model is not None:
         overrides["ckpt"] = model
     if model is not None and model == checkpoint.path and checkpoint.format != "auto":
